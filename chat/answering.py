@@ -1,0 +1,173 @@
+"""One answer, end to end: wait for a slot → embed → retrieve → prompt → stream → persist.
+
+Everything per request lives in this coroutine's locals and an ``Answer`` object; nothing is stored
+on shared instances. Whatever happens (success, LLM error, stop, disconnect), the final state of
+the answer is written and, if the client is still there, a ``finish`` frame is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from documents.embedding import embed_query
+from documents.search import Hit, search
+
+from . import protocol
+from .actions import Asked, do_finish_answer
+from .limits import GenerationQueueTimeout, generation_slots
+from .llm import get_provider
+from .llm.base import Generation, LLMError, StreamLimits, guarded
+from .models import Message
+from .prompting import NOT_FOUND_ANSWER, build_messages, retrieval_query
+from .rendering import render_answer
+from .streaming import DeltaCoalescer
+
+logger = logging.getLogger(__name__)
+Send = Callable[[dict], Awaitable[None]]
+
+
+@dataclass
+class Answer:
+    """The state of one answer being produced (owned by its task, never shared)."""
+
+    asked: Asked
+    started: float = field(default_factory=time.monotonic)
+    parts: list[str] = field(default_factory=list)
+    sources: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    generation: Generation = field(default_factory=Generation)
+    status: str = Message.Status.FAILED
+    error_code: str = ""
+
+    def mark(self, name: str) -> None:
+        self.timings[name] = round(time.monotonic() - self.started, 4)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+async def answer_question(user, asked: Asked, send: Send) -> Answer:
+    """Produce, stream and persist the answer to ``asked``; returns its final state."""
+    answer = Answer(asked)
+    provider = get_provider()
+    try:
+        await _produce(user, answer, provider, send)
+        answer.status = Message.Status.COMPLETE
+    except asyncio.CancelledError:
+        answer.status = Message.Status.STOPPED
+        raise
+    except (LLMError, GenerationQueueTimeout) as exc:
+        logger.warning("answer %s failed: %s", asked.answer_id, exc)
+        answer.error_code = exc.code
+        await send(protocol.error_frame(exc.code, exc.user_message, message_id=asked.answer_id))
+    except Exception:
+        logger.exception("answer %s failed", asked.answer_id)
+        answer.error_code = "internal_error"
+        await send(
+            protocol.error_frame("internal_error", "Something went wrong while answering.", message_id=asked.answer_id)
+        )
+    finally:
+        answer.mark("total")
+        # Shielded: a second cancel (server shutting down) must not lose the final state.
+        await asyncio.shield(_persist(answer, provider))
+        await send(_finish(answer))
+    return answer
+
+
+async def _produce(user, answer: Answer, provider, send: Send) -> None:
+    asked = answer.asked
+
+    async def tell_position(position: int) -> None:
+        await send(protocol.queued_frame(asked.answer_id, position))
+
+    async with generation_slots().slot(settings.GENERATION_QUEUE_TIMEOUT, tell_position):
+        await send(protocol.start_frame(asked.answer_id, provider.name, provider.model))
+        hits = await _retrieve(user, answer)
+        if not _has_relevant(hits):
+            answer.parts.append(NOT_FOUND_ANSWER)
+            await send(protocol.delta_frame(asked.answer_id, NOT_FOUND_ANSWER))
+            return
+        await send(protocol.status_frame(asked.answer_id, "generating"))
+        messages = build_messages(asked.question, asked.history, hits)
+        await _stream(answer, provider.stream(messages, answer.generation), send)
+
+
+async def _retrieve(user, answer: Answer) -> list[Hit]:
+    query = retrieval_query(answer.asked.question, answer.asked.history)
+    vector = await embed_query(query)
+    answer.mark("embedding")
+    hits = await database_sync_to_async(search)(user, query, vector)
+    answer.mark("retrieval")
+    answer.sources = [hit.as_source(n) for n, hit in enumerate(hits, start=1)]
+    return hits
+
+
+def _has_relevant(hits: list[Hit]) -> bool:
+    return any(hit.similarity >= settings.RETRIEVAL_MIN_SCORE or hit.keyword_match for hit in hits)
+
+
+async def _stream(answer: Answer, deltas, send: Send) -> None:
+    limits = StreamLimits(settings.LLM_FIRST_TOKEN_TIMEOUT, settings.LLM_IDLE_TIMEOUT, settings.LLM_TOTAL_TIMEOUT)
+    answer_id = answer.asked.answer_id
+
+    async def flush(text: str) -> None:
+        await send(protocol.delta_frame(answer_id, text))
+
+    async with DeltaCoalescer(flush, settings.STREAM_COALESCE_MS / 1000) as out:
+        async for delta in guarded(deltas, limits):
+            if not answer.parts:
+                answer.mark("first_token")
+            answer.parts.append(delta)
+            out.add(delta)
+
+
+async def _persist(answer: Answer, provider) -> None:
+    await database_sync_to_async(do_finish_answer)(
+        answer.asked.answer_id,
+        text=answer.text,
+        status=answer.status,
+        sources=answer.sources,
+        timings=answer.timings,
+        usage=_usage(answer),
+        provider=provider.name,
+        model=provider.model,
+        error_code=answer.error_code,
+    )
+
+
+def _usage(answer: Answer) -> dict:
+    usage = answer.generation.usage
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+
+
+def _finish(answer: Answer) -> dict:
+    return protocol.finish_frame(
+        answer.asked.answer_id,
+        answer.status,
+        answer.text,
+        render_answer(answer.text, len(answer.sources)),
+        answer.sources,
+        answer.timings,
+        _usage(answer),
+    )
+
+
+def finish_frame_for(message: Message) -> dict:
+    """The ``finish`` frame of an answer already in the database (for resent questions)."""
+    return protocol.finish_frame(
+        message.pk,
+        message.status,
+        message.text,
+        render_answer(message.text, len(message.sources)),
+        message.sources,
+        message.timings,
+        {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens},
+    )

@@ -1,0 +1,106 @@
+"""The chat WebSocket: parse → check → do → reply. The answer itself runs in ``answering``.
+
+State kept on the consumer is per connection (each WebSocket gets its own instance): the user and
+the answer tasks it started. Answers run as tasks so ``stop`` and disconnect can cancel them, and
+the cancellation reaches the HTTP call to the LLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from . import protocol
+from .actions import Asked, NotFound, do_record_question, load_answer
+from .answering import answer_question, finish_frame_for
+from .models import Message
+from .protocol import ProtocolError, check_frame
+
+logger = logging.getLogger(__name__)
+CLOSE_UNAUTHENTICATED = 4401
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        self.tasks: dict[int, asyncio.Task] = {}
+        self.closed = False
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user = user
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        self.closed = True
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        # Wait so every answer is persisted as stopped before the consumer goes away.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        client_id = None
+        try:
+            frame = check_frame(text_data, bytes_data)
+            client_id = frame.get("client_id")
+            await self.handlers[frame["type"]](self, frame)
+        except ProtocolError as exc:
+            await self.send_frame(protocol.error_frame(exc.code, exc.message, client_id=client_id))
+        except NotFound as exc:
+            await self.send_frame(protocol.error_frame(exc.code, str(exc).capitalize() + ".", client_id=client_id))
+        except Exception:
+            logger.exception("chat frame failed")
+            await self.send_frame(
+                protocol.error_frame("internal_error", "The server could not handle that message.", client_id=client_id)
+            )
+
+    async def handle_ask(self, frame: protocol.AskFrame) -> None:
+        asked = await database_sync_to_async(do_record_question)(
+            self.user, frame["conversation_id"], frame["text"], frame["client_id"]
+        )
+        await self.send_frame(
+            protocol.ack_frame(frame["client_id"], asked.question_id, asked.answer_id, asked.conversation_id, asked.duplicate)
+        )
+        if asked.duplicate:
+            await self._replay(asked)
+            return
+        self._start_answer(asked)
+
+    async def handle_stop(self, frame: protocol.StopFrame) -> None:
+        task = self.tasks.get(frame["message_id"])
+        if task is None:
+            # Not running here: make sure it is the user's (else not found), then nothing to do.
+            await database_sync_to_async(load_answer)(self.user, frame["message_id"])
+            return
+        task.cancel()
+
+    async def handle_ping(self, frame: dict) -> None:
+        await self.send_frame({"type": "pong"})
+
+    handlers = {"ask": handle_ask, "stop": handle_stop, "ping": handle_ping}
+
+    def _start_answer(self, asked: Asked) -> None:
+        task = asyncio.get_running_loop().create_task(answer_question(self.user, asked, self.send_frame))
+        self.tasks[asked.answer_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(asked.answer_id, None))
+
+    async def _replay(self, asked: Asked) -> None:
+        """A resent question: show the stored answer if it has finished."""
+        if asked.answer_id in self.tasks or asked.answer_status == Message.Status.PENDING:
+            return
+        message = await database_sync_to_async(load_answer)(self.user, asked.answer_id)
+        await self.send_frame(finish_frame_for(message))
+
+    async def send_frame(self, frame: dict) -> None:
+        """Send unless the client has gone; a vanished client is not an error for the answer."""
+        if self.closed:
+            return
+        try:
+            await self.send_json(frame)
+        except Exception:
+            self.closed = True
+            logger.info("client went away while sending %s", frame.get("type"))

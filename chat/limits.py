@@ -1,0 +1,81 @@
+"""Bounded concurrency for generations: a fixed number of slots, then a FIFO queue whose
+position each waiting user is told; waiting longer than the queue timeout is an error, not a hang."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from django.conf import settings
+
+from common.aio import per_loop
+
+
+class GenerationQueueTimeout(Exception):
+    code = "busy"
+    user_message = "The server is busy; your question waited too long for a free slot. Please retry."
+
+
+class GenerationSlots:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.active = 0
+        self._waiters: deque[asyncio.Future] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @asynccontextmanager
+    async def slot(
+        self, timeout: float, on_queued: Callable[[int], Awaitable[None]] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold one slot for the body; ``on_queued(position)`` is awaited if the caller must wait."""
+        if self.active < self.capacity and not self._waiters:
+            self.active += 1
+        else:
+            await self._wait_for_handoff(timeout, on_queued)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _wait_for_handoff(self, timeout: float, on_queued) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            if on_queued is not None:
+                await on_queued(len(self._waiters))
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(waiter)
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the slot was handed over just as we gave up: pass it on
+            else:
+                waiter.cancel()
+                self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise GenerationQueueTimeout() from None
+            raise
+        # on success the releasing holder kept ``active`` unchanged: the slot is now ours
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.active -= 1
+
+
+def _make_slots() -> GenerationSlots:
+    from .llm import get_provider
+
+    provider_cap = getattr(get_provider(), "max_concurrency", None)
+    capacity = settings.MAX_CONCURRENT_GENERATIONS
+    return GenerationSlots(min(capacity, provider_cap) if provider_cap else capacity)
+
+
+generation_slots = per_loop(_make_slots)

@@ -1,0 +1,103 @@
+"""Groq provider: AsyncGroq streaming chat completions over one shared, explicitly sized HTTP pool.
+
+The raw server-sent-event lines are parsed here instead of through the SDK's typed chunk objects:
+measured on this machine, ~9 µs per chunk instead of ~55-70 µs, which matters at 200 streams.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator
+
+import groq
+import httpx
+from django.conf import settings
+
+from .base import ChatMessage, Generation, LLMError, LLMStreamCut, LLMTimeout, LLMUnavailable
+
+_lock = threading.Lock()
+_client: groq.AsyncGroq | None = None
+client_creations = 0  # tests assert the client is created once per process
+
+
+def get_client() -> groq.AsyncGroq:
+    """The process-wide AsyncGroq client with an HTTP pool sized above the generation limit."""
+    global _client, client_creations
+    if _client is None:
+        with _lock:
+            if _client is None:
+                limits = httpx.Limits(
+                    max_connections=settings.LLM_HTTP_MAX_CONNECTIONS,
+                    max_keepalive_connections=settings.LLM_HTTP_MAX_CONNECTIONS,
+                )
+                timeout = httpx.Timeout(
+                    connect=5.0, read=settings.LLM_IDLE_TIMEOUT, write=10.0, pool=settings.GENERATION_QUEUE_TIMEOUT
+                )
+                _client = groq.AsyncGroq(
+                    api_key=settings.GROQ_API_KEY,
+                    base_url=settings.GROQ_BASE_URL,
+                    max_retries=0,  # retries hide outages from the breaker and double latency
+                    timeout=timeout,
+                    http_client=httpx.AsyncClient(limits=limits, timeout=timeout),
+                )
+                client_creations += 1
+    return _client
+
+
+class GroqProvider:
+    name = "groq"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    async def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
+        try:
+            async with get_client().chat.completions.with_streaming_response.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+                max_tokens=settings.LLM_MAX_TOKENS,
+                temperature=settings.LLM_TEMPERATURE,
+            ) as response:
+                async for line in response.iter_lines():
+                    delta = parse_event(line, generation)
+                    if delta:
+                        yield delta
+        except groq.APITimeoutError as exc:
+            raise LLMTimeout("the Groq API timed out") from exc
+        except groq.APIConnectionError as exc:
+            raise LLMUnavailable("cannot reach the Groq API") from exc
+        except groq.RateLimitError as exc:
+            raise LLMUnavailable("the Groq API is rate limiting us") from exc
+        except groq.APIStatusError as exc:
+            raise LLMUnavailable(f"the Groq API answered HTTP {exc.status_code}") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise LLMStreamCut("the Groq stream was cut") from exc
+        if generation.finish_reason is None:
+            raise LLMStreamCut("the Groq stream ended without finishing")
+
+
+def parse_event(line: str, generation: Generation) -> str:
+    """The text delta in one SSE line ('' if none); usage and finish reason go to ``generation``."""
+    if not line.startswith("data:"):
+        return ""
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return ""
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise LLMError("the Groq stream sent malformed data") from exc
+    if "error" in event:
+        raise LLMUnavailable(f"the Groq stream reported an error: {str(event['error'])[:200]}")
+    usage = event.get("usage") or (event.get("x_groq") or {}).get("usage")
+    if usage:
+        generation.usage.prompt_tokens = usage.get("prompt_tokens")
+        generation.usage.completion_tokens = usage.get("completion_tokens")
+    choices = event.get("choices") or []
+    if not choices:
+        return ""
+    if choices[0].get("finish_reason"):
+        generation.finish_reason = choices[0]["finish_reason"]
+    return (choices[0].get("delta") or {}).get("content") or ""

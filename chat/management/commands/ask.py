@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from chat.actions import do_record_question
+from chat.answering import answer_question
+
+
+class Command(BaseCommand):
+    help = "Ask a question as USER; streams the answer to the terminal and lists its sources."
+
+    def add_arguments(self, parser):
+        parser.add_argument("question")
+        parser.add_argument("--user", required=True)
+        parser.add_argument("--conversation", type=int, help="continue this conversation (default: a new one)")
+
+    def handle(self, *args, question, user, conversation, **options):
+        account = get_user_model().objects.filter(username=user).first()
+        if account is None:
+            raise CommandError(f"no user named {user!r}")
+        answer = asyncio.run(self._ask(account, question, conversation))
+        if answer["status"] != "complete":
+            raise CommandError(f"the answer {answer['status']}: {answer.get('error', '')}")
+
+    async def _ask(self, account, question: str, conversation: int | None) -> dict:
+        asked = await database_sync_to_async(do_record_question)(account, conversation, question, str(uuid.uuid4()))
+        outcome: dict = {}
+
+        async def show(frame: dict) -> None:
+            kind = frame["type"]
+            if kind == "delta":
+                sys.stdout.write(frame["text"])
+                sys.stdout.flush()
+            elif kind == "queued":
+                self.stderr.write(f"(queued, position {frame['position']})")
+            elif kind == "error":
+                outcome["error"] = frame["message"]
+            elif kind == "finish":
+                outcome.update(frame)
+                self._print_sources(frame)
+
+        await answer_question(account, asked, show)
+        return outcome
+
+    def _print_sources(self, frame: dict) -> None:
+        self.stdout.write("\n")
+        for source in frame["sources"]:
+            where = ", ".join(x for x in (source["title"], f"page {source['page']}" if source["page"] else "", source["section"]) if x)
+            self.stdout.write(f"[{source['n']}] {where} (similarity {source['similarity']:.2f})")
+        timings = frame["timings"]
+        self.stdout.write(self.style.NOTICE(f"answer #{frame['message_id']}: {frame['status']} · timings {timings}"))

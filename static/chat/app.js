@@ -1,0 +1,203 @@
+// DocChat client: one WebSocket, answers streamed as text, rendered as sanitised HTML on finish.
+(function () {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const messagesEl = $("messages"), form = $("ask-form"), input = $("question");
+  const stopBtn = $("stop"), badge = $("connection"), titleEl = $("chat-title");
+  const state = {
+    ws: null, backoff: 500, conversationId: null,
+    pending: new Map(),   // client_id -> ask frame not yet acknowledged (resent after reconnect)
+    answers: new Map(),   // answer message_id -> {el, text}
+    active: new Set(),    // answer ids still streaming
+  };
+
+  function uuid() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return "10000000-1000-4000-8000-100000000000".replace(/[018]/g, (c) =>
+      (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16));
+  }
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function nearBottom() { return messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight < 80; }
+  function scrollIfFollowing(wasNear) { if (wasNear) messagesEl.scrollTop = messagesEl.scrollHeight; }
+
+  // --- rendering -------------------------------------------------------------------------------
+  function addQuestion(text) {
+    const q = el("div", "msg user"); q.appendChild(el("div", "body", text));
+    messagesEl.appendChild(q); scrollIfFollowing(true);  // your own question always scrolls into view
+    return q;
+  }
+  function answerView(id) {
+    let a = state.answers.get(id);
+    if (!a) {
+      const box = el("div", "msg assistant"); box.dataset.id = id;
+      const status = el("div", "status", "thinking…");
+      const body = el("div", "body streaming");
+      box.append(status, body);
+      messagesEl.appendChild(box);
+      a = { el: box, status, body, text: "" };
+      state.answers.set(id, a);
+    }
+    return a;
+  }
+  function showFinished(a, m) {
+    a.body.classList.remove("streaming");
+    a.body.innerHTML = m.html || "";   // sanitised by the server (markdown-it + nh3)
+    a.el.classList.toggle("stopped", m.status === "stopped");
+    a.el.classList.toggle("failed", m.status === "failed");
+    const t = m.timings || {};
+    const parts = [];
+    if (m.status === "stopped") parts.push("stopped");
+    if (m.status === "failed") parts.push("failed" + (m.error_code ? " (" + m.error_code + ")" : ""));
+    if (t.first_token !== undefined) parts.push("first token " + t.first_token.toFixed(2) + " s");
+    if (t.total !== undefined) parts.push("total " + t.total.toFixed(2) + " s");
+    a.status.textContent = parts.join(" · ");
+    renderSources(a, m.sources || [], m.text || "");
+  }
+  function renderSources(a, sources, text) {
+    a.el.querySelectorAll(".sources").forEach((s) => s.remove());
+    if (!sources.length) return;
+    const cited = new Set((text.match(/\[(\d{1,2})\]/g) || []).map((s) => Number(s.slice(1, -1))));
+    const box = el("div", "sources");
+    const list = el("ol");
+    for (const s of sources) {
+      const li = el("li", cited.has(s.n) ? "cited" : "also");
+      li.id = "source-" + a.el.dataset.id + "-" + s.n;
+      const where = [s.title, s.page ? "page " + s.page : "", s.section].filter(Boolean).join(" · ");
+      const head = el("button", "source-head", "[" + s.n + "] " + where);
+      head.type = "button";
+      const snip = el("blockquote", "snippet", s.snippet); snip.hidden = true;
+      head.addEventListener("click", () => { snip.hidden = !snip.hidden; });
+      li.append(head, snip);
+      if (!cited.has(s.n)) li.appendChild(el("span", "small muted", " also retrieved"));
+      list.appendChild(li);
+    }
+    box.append(el("div", "small muted", "Sources"), list);
+    a.el.appendChild(box);
+    a.el.querySelectorAll("a.cite").forEach((link) => {
+      link.addEventListener("click", (ev) => {
+        ev.preventDefault();
+        const li = a.el.querySelector("#source-" + a.el.dataset.id + "-" + link.dataset.n);
+        if (li) { li.querySelector(".snippet").hidden = false; li.classList.add("flash"); li.scrollIntoView({ block: "nearest" }); }
+      });
+    });
+  }
+  function updateStop() { stopBtn.hidden = state.active.size === 0; }
+
+  // --- protocol --------------------------------------------------------------------------------
+  const handlers = {
+    ack(m) {
+      state.pending.delete(m.client_id);
+      if (state.conversationId !== m.conversation_id) setConversation(m.conversation_id, null, true);
+      const a = answerView(m.answer_id);
+      if (!m.duplicate) { state.active.add(m.answer_id); updateStop(); }
+      else a.status.textContent = "already asked; loading the answer…";
+    },
+    queued(m) { answerView(m.message_id).status.textContent = "waiting for a free slot (position " + m.position + ")…"; },
+    start(m) { answerView(m.message_id).status.textContent = "searching your documents…"; },
+    status(m) { answerView(m.message_id).status.textContent = m.stage === "generating" ? "writing…" : m.stage; },
+    delta(m) {
+      const wasNear = nearBottom();
+      const a = answerView(m.message_id);
+      a.text += m.text; a.body.textContent = a.text;   // plain text while streaming
+      a.status.textContent = "writing…";
+      scrollIfFollowing(wasNear);
+    },
+    finish(m) {
+      const wasNear = nearBottom();
+      state.active.delete(m.message_id); updateStop();
+      showFinished(answerView(m.message_id), m);
+      scrollIfFollowing(wasNear);
+      refreshSidebar();
+    },
+    error(m) {
+      if (m.client_id) state.pending.delete(m.client_id);
+      const target = m.message_id ? answerView(m.message_id) : null;
+      if (target) { target.status.textContent = "error: " + m.message; target.el.classList.add("failed"); }
+      else { const e = el("div", "msg error", m.message + (m.retry_after ? " (retry in " + m.retry_after + " s)" : "")); messagesEl.appendChild(e); }
+    },
+    pong() {},
+  };
+
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss://" : "ws://";
+    const ws = new WebSocket(proto + location.host + "/ws/chat/");
+    state.ws = ws;
+    badge.textContent = "connecting…"; badge.className = "badge";
+    ws.onopen = () => {
+      badge.textContent = "connected"; badge.className = "badge ok";
+      state.backoff = 500;
+      if (state.conversationId) loadConversation(state.conversationId);
+      for (const frame of state.pending.values()) ws.send(JSON.stringify(frame));
+    };
+    ws.onmessage = (ev) => {
+      let m; try { m = JSON.parse(ev.data); } catch (e) { return; }
+      const h = handlers[m.type]; if (h) h(m);
+    };
+    ws.onclose = (ev) => {
+      if (ev.code === 4401) { location.href = "/login/?next=/"; return; }
+      badge.textContent = "reconnecting…"; badge.className = "badge warn";
+      state.active.clear(); updateStop();
+      setTimeout(connect, state.backoff);
+      state.backoff = Math.min(state.backoff * 2, 10000);
+    };
+  }
+  function send(frame) { if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame)); }
+
+  // --- conversations ---------------------------------------------------------------------------
+  function setConversation(id, title, keepMessages) {
+    state.conversationId = id;
+    if (id) history.replaceState(null, "", "#c" + id); else history.replaceState(null, "", location.pathname);
+    if (title !== null) titleEl.textContent = title || "New chat";
+    document.querySelectorAll(".conversation").forEach((c) => c.classList.toggle("current", Number(c.dataset.id) === id));
+    if (!keepMessages) { messagesEl.innerHTML = ""; state.answers.clear(); }
+  }
+  async function loadConversation(id) {
+    const r = await fetch("/api/conversations/" + id + "/", { credentials: "same-origin" });
+    if (!r.ok) { setConversation(null, "New chat", false); return; }
+    const data = await r.json();
+    setConversation(data.id, data.title, false);
+    for (const m of data.messages) {
+      if (m.role === "user") { addQuestion(m.text); continue; }
+      const a = answerView(m.id);
+      if (m.status === "pending" || m.status === "streaming") { a.status.textContent = "still being answered…"; continue; }
+      showFinished(a, m);
+    }
+    messagesEl.scrollTop = messagesEl.scrollHeight;
+  }
+  async function refreshSidebar() {
+    const r = await fetch("/api/conversations/", { credentials: "same-origin" });
+    if (!r.ok) return;
+    const nav = $("conversations"); nav.innerHTML = "";
+    for (const c of (await r.json()).conversations) {
+      const a = el("a", "conversation", c.title || "Untitled"); a.href = "#c" + c.id; a.dataset.id = c.id;
+      if (c.id === state.conversationId) { a.classList.add("current"); titleEl.textContent = c.title; }
+      nav.appendChild(a);
+    }
+  }
+  $("conversations").addEventListener("click", (ev) => {
+    const link = ev.target.closest(".conversation"); if (!link) return;
+    ev.preventDefault(); loadConversation(Number(link.dataset.id));
+  });
+  $("new-chat").addEventListener("click", () => { setConversation(null, "New chat", false); input.focus(); });
+
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = input.value.trim(); if (!text) return;
+    const frame = { type: "ask", conversation_id: state.conversationId, text: text, client_id: uuid() };
+    state.pending.set(frame.client_id, frame);
+    addQuestion(text); input.value = "";
+    send(frame);
+  });
+  input.addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); form.requestSubmit(); } });
+  stopBtn.addEventListener("click", () => { for (const id of state.active) send({ type: "stop", message_id: id }); });
+
+  const match = location.hash.match(/^#c(\d+)$/);
+  if (match) state.conversationId = Number(match[1]);
+  connect();
+  if (state.conversationId) loadConversation(state.conversationId);
+})();

@@ -1,0 +1,172 @@
+"""Shared fixtures: the fake Groq server, named users (alice, bob, charlie), their collections.
+
+Everything is real: embedded PostgreSQL 18 + pgvector, the MiniLM model, the groq SDK over HTTP
+to a local server speaking Groq's protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+
+from tests.fakes.groq_server import ServerThread
+
+TEST_ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def fake_groq():
+    server = ServerThread().start()
+    yield server
+
+
+@pytest.fixture(autouse=True)
+def llm_points_at_fake(fake_groq):
+    """Every test talks to the fake Groq server through the real SDK (no key, no internet)."""
+    from chat import llm
+
+    fake_groq.reset()
+    settings.LLM_PROVIDER = "groq"
+    settings.GROQ_API_KEY = "test-key-not-secret"
+    settings.GROQ_BASE_URL = fake_groq.base_url
+    settings.GROQ_MODEL = "fake-model"
+    llm.get_provider.cache_clear()
+    yield fake_groq
+
+
+DOCS = {
+    "alice": {
+        "zebras.md": "# Zebra migration\n\nZebras migrate across the Serengeti every year following the rains. "
+        "The great migration covers about 800 kilometres.\n\n## Stripes\n\nEach zebra has a unique stripe pattern.",
+    },
+    "bob": {
+        "launch.txt": "Project Pelican launch code is PELICAN-42. The pelican launch happens on the rooftop "
+        "at midnight and only Bob knows the code.",
+    },
+    "public": {
+        "handbook.md": "# Handbook\n\nThe office coffee machine is cleaned every Friday by the facilities team. "
+        "Vacation requests go through the HR portal two weeks in advance.",
+    },
+}
+
+
+def make_user(username: str):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username, password=f"{username}-pass-123")
+
+
+def make_collection(name: str, owner, files: dict[str, str], tmp_path: Path, *, public=False, members=()):
+    from documents.ingest import do_ingest_file
+    from documents.models import Collection
+
+    collection = Collection.objects.create(name=name, owner=owner, is_public=public)
+    collection.members.add(*members)
+    folder = tmp_path / name
+    folder.mkdir()
+    for filename, text in files.items():
+        path = folder / filename
+        path.write_text(text)
+        result = do_ingest_file(path, collection)
+        assert result.document.status == "ready", result.document.error
+    return collection
+
+
+@pytest.fixture
+def people(db, tmp_path):
+    """alice owns a private collection, bob owns a private one, charlie has only the public one."""
+    alice, bob, charlie = make_user("alice"), make_user("bob"), make_user("charlie")
+    make_collection("alice-docs", alice, DOCS["alice"], tmp_path)
+    make_collection("bob-secrets", bob, DOCS["bob"], tmp_path)
+    make_collection("handbook", alice, DOCS["public"], tmp_path, public=True)
+    return {"alice": alice, "bob": bob, "charlie": charlie}
+
+
+def session_cookie(user) -> bytes:
+    """A real session cookie for ``user``, as a browser has after logging in."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+
+
+async def communicator_for(user, *, origin: tuple[bytes, bytes] | None = TEST_ORIGIN) -> WebsocketCommunicator:
+    """A communicator through the full ASGI stack (origin check, session auth, routing)."""
+    from config.asgi import application
+
+    headers = [origin] if origin else []
+    if user is not None:
+        headers.append((b"cookie", await database_sync_to_async(session_cookie)(user)))
+    return WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+
+
+class ChatClient:
+    """A connected WebSocket chat client for tests, with helpers that read the protocol."""
+
+    def __init__(self, user) -> None:
+        self.user = user
+
+    async def __aenter__(self) -> ChatClient:
+        self.communicator = await communicator_for(self.user)
+        connected, _ = await self.communicator.connect()
+        assert connected
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.communicator.disconnect()
+
+    async def ask(self, text: str, conversation_id: int | None = None, client_id: str | None = None) -> str:
+        client_id = client_id or str(uuid.uuid4())
+        await self.send({"type": "ask", "conversation_id": conversation_id, "text": text, "client_id": client_id})
+        return client_id
+
+    async def send(self, frame) -> None:
+        await self.communicator.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def receive(self, timeout: float = 30) -> dict:
+        return await self.communicator.receive_json_from(timeout=timeout)
+
+    async def until(self, kind: str, timeout: float = 60) -> tuple[dict, list[dict]]:
+        """Frames up to and including the first of type ``kind``."""
+        seen: list[dict] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.receive(timeout)
+                seen.append(frame)
+                if frame["type"] == kind:
+                    return frame, seen
+
+    async def answer(self, text: str, **kwargs) -> tuple[dict, list[dict]]:
+        await self.ask(text, **kwargs)
+        return await self.until("finish")
+
+
+@pytest.fixture
+def chat_client():
+    return ChatClient
+
+
+def streamed_text(frames: list[dict]) -> str:
+    return "".join(frame["text"] for frame in frames if frame["type"] == "delta")
+
+
+async def count_connections() -> int:
+    return await database_sync_to_async(_count_connections)()
+
+
+def _count_connections() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'"
+        )
+        return cursor.fetchone()[0]
