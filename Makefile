@@ -28,7 +28,6 @@ $(TEST_INSTALLED): $(INSTALLED) requirements-test.txt
 
 setup: $(INSTALLED)
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py collectstatic --noinput -v 0
 	$(PY) manage.py setup_demo
 
 run: setup

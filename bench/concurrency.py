@@ -274,9 +274,11 @@ def start_servers(args: argparse.Namespace, servers: Servers) -> None:
 class Result:
     question: str
     connect: float | None = None  # seconds to open the WebSocket
+    ack: float | None = None  # seconds from ask to the ack frame (the question is stored)
     first_token: float | None = None  # seconds from ask to the first delta frame
     total: float | None = None  # seconds from ask to the finish frame
     errors: list[str] = field(default_factory=list)
+    server: dict[str, float] = field(default_factory=dict)  # the finish frame's timings (from after ack)
 
 
 async def open_socket(url: str, origin: str, cookie: str, timeout: float, result: Result):
@@ -305,12 +307,15 @@ async def ask(socket_, result: Result, timeout: float) -> None:
             while True:
                 reply = json.loads(await socket_.recv())
                 kind = reply.get("type")
-                if kind == "delta" and result.first_token is None:
+                if kind == "ack" and result.ack is None:
+                    result.ack = time.perf_counter() - started
+                elif kind == "delta" and result.first_token is None:
                     result.first_token = time.perf_counter() - started
                 elif kind == "error":
                     result.errors.append(f"error frame: {reply.get('code')}")
                 elif kind == "finish":
                     result.total = time.perf_counter() - started
+                    result.server = reply.get("timings") or {}
                     check_finish(reply, result)
                     return
     except TimeoutError:
@@ -408,6 +413,9 @@ class LevelSummary:
     def ok(self, attr: str) -> list[float]:
         return [getattr(r, attr) for r in self.results if not r.errors and getattr(r, attr) is not None]
 
+    def server(self, stage: str) -> list[float]:
+        return [r.server[stage] for r in self.results if not r.errors and stage in r.server]
+
     @property
     def errors(self) -> int:
         return sum(1 for r in self.results if r.errors)
@@ -436,10 +444,24 @@ def print_table(summaries: list[LevelSummary]) -> None:
               f"{fmt(percentile(s.ok('first_token'), 95)):>9} {fmt(percentile(s.ok('total'), 50)):>10} "
               f"{fmt(p95):>10} {ratio:>10} {fmt(percentile(s.ok('connect'), 95)):>11} {s.llm_peak:>8}"
               f"  {'/'.join(f'{s.cpu[k]:.0f}' for k in ('daphne', 'llm', 'clients'))}")
+    print_breakdown(summaries)
     for s in summaries:
         if s.errors:
             kinds = ", ".join(f"{kind} x{count}" for kind, count in s.error_kinds().most_common())
             print(f"  N={s.n}: {kinds}")
+
+
+SERVER_STAGES = ("embedding", "retrieval", "first_token", "total")
+
+
+def print_breakdown(summaries: list[LevelSummary]) -> None:
+    """Where the time goes, p50 per level: ack as the client saw it, then the server's own timings
+    (``chat.answering``; they count from the answer task's start, just after the ack is sent)."""
+    print()
+    print("p50 breakdown:  N   ack (question stored)  server: " + "  ".join(f"{s:>11}" for s in SERVER_STAGES))
+    for s in summaries:
+        stages = "  ".join(f"{fmt(percentile(s.server(stage), 50)):>11}" for stage in SERVER_STAGES)
+        print(f"             {s.n:>4}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}")
 
 
 def print_machine(args: argparse.Namespace, servers: Servers) -> None:

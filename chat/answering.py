@@ -92,6 +92,7 @@ async def _produce(user, answer: Answer, provider, send: Send) -> None:
         await send(protocol.start_frame(asked.answer_id, provider.name, provider.model))
         hits = await _retrieve(user, answer)
         if not _has_relevant(hits):
+            answer.sources = []  # nothing relevant: listing weak passages would look like support
             answer.parts.append(NOT_FOUND_ANSWER)
             await send(protocol.delta_frame(asked.answer_id, NOT_FOUND_ANSWER))
             return
@@ -157,6 +158,7 @@ def _finish(answer: Answer) -> dict:
         answer.sources,
         answer.timings,
         _usage(answer),
+        answer.error_code,
     )
 
 
@@ -170,4 +172,5 @@ def finish_frame_for(message: Message) -> dict:
         message.sources,
         message.timings,
         {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens},
+        message.error_code,
     )

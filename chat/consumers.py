@@ -16,8 +16,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from . import protocol
 from .actions import Asked, NotFound, do_record_question, load_answer
 from .answering import answer_question, finish_frame_for
+from .limits import TooManyGenerations, check_user_generations, track_user_generation
 from .models import Message
 from .protocol import ProtocolError, check_frame
+from .ratelimit import RateLimited, question_limiter
 
 logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
@@ -50,6 +52,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.handlers[frame["type"]](self, frame)
         except ProtocolError as exc:
             await self.send_frame(protocol.error_frame(exc.code, exc.message, client_id=exc.client_id))
+        except (RateLimited, TooManyGenerations) as exc:
+            await self.send_frame(
+                protocol.error_frame(
+                    exc.code, exc.user_message, client_id=client_id, retry_after=getattr(exc, "retry_after", None)
+                )
+            )
         except NotFound as exc:
             await self.send_frame(protocol.error_frame(exc.code, str(exc).capitalize() + ".", client_id=client_id))
         except Exception:
@@ -59,6 +67,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
     async def handle_ask(self, frame: protocol.AskFrame) -> None:
+        check_user_generations(self.user.pk)
+        await question_limiter().check(self.user.pk)
         asked = await database_sync_to_async(do_record_question)(
             self.user, frame["conversation_id"], frame["text"], frame["client_id"]
         )
@@ -86,7 +96,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     def _start_answer(self, asked: Asked) -> None:
         task = asyncio.get_running_loop().create_task(answer_question(self.user, asked, self.send_frame))
         self.tasks[asked.answer_id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(asked.answer_id, None))
+        release = track_user_generation(self.user.pk)
+
+        def done(_: asyncio.Task) -> None:
+            self.tasks.pop(asked.answer_id, None)
+            release()
+
+        task.add_done_callback(done)
 
     async def _replay(self, asked: Asked) -> None:
         """A resent question: show the stored answer if it has finished."""

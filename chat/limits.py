@@ -4,7 +4,7 @@ position each waiting user is told; waiting longer than the queue timeout is an 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -79,3 +79,34 @@ def _make_slots() -> GenerationSlots:
 
 
 generation_slots = per_loop(_make_slots)
+
+
+class TooManyGenerations(Exception):
+    code = "too_many_generations"
+
+    @property
+    def user_message(self) -> str:
+        return (
+            f"You already have {settings.MAX_GENERATIONS_PER_USER} answers in progress; "
+            "wait for one to finish or stop it."
+        )
+
+
+_user_generations: Counter[int] = Counter()  # answers in progress per user in this process
+
+
+def check_user_generations(user_id: int) -> None:
+    if _user_generations[user_id] >= settings.MAX_GENERATIONS_PER_USER:
+        raise TooManyGenerations()
+
+
+def track_user_generation(user_id: int) -> Callable[[], None]:
+    """Count one more answer in progress for ``user_id``; call the result when it ends."""
+    _user_generations[user_id] += 1
+
+    def release() -> None:
+        _user_generations[user_id] -= 1
+        if _user_generations[user_id] <= 0:
+            del _user_generations[user_id]
+
+    return release

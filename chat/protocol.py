@@ -117,7 +117,9 @@ def delta_frame(answer_id: int, text: str) -> dict:
     return {"type": "delta", "message_id": answer_id, "text": text}
 
 
-def finish_frame(answer_id: int, status: str, text: str, html: str, sources: list, timings: dict, usage: dict) -> dict:
+def finish_frame(
+    answer_id: int, status: str, text: str, html: str, sources: list, timings: dict, usage: dict, error_code: str = ""
+) -> dict:
     return {
         "type": "finish",
         "message_id": answer_id,
@@ -127,11 +129,21 @@ def finish_frame(answer_id: int, status: str, text: str, html: str, sources: lis
         "sources": sources,
         "timings": timings,
         "usage": usage,
+        "error_code": error_code,
     }
 
 
-def error_frame(code: str, message: str, *, client_id: str | None = None, message_id: int | None = None) -> dict:
+def error_frame(
+    code: str,
+    message: str,
+    *,
+    client_id: str | None = None,
+    message_id: int | None = None,
+    retry_after: int | None = None,
+) -> dict:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
     if client_id:
         frame["client_id"] = client_id
     if message_id is not None:

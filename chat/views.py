@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import json
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 
 from documents.models import Collection
 
 from .actions import NotFound, access_conversation
 from .llm import get_provider
-from .models import Conversation
+from .models import Conversation, Message
 from .rendering import render_answer
+
+MAX_TITLE = 200
 
 
 @login_required
@@ -22,36 +27,63 @@ def home(request):
         "collections": Collection.objects.readable_by(request.user).order_by("name"),
         "provider": provider.name,
         "model": provider.model,
+        "max_question_chars": settings.MAX_QUESTION_CHARS,
     }
     return render(request, "chat/home.html", context)
 
 
 @login_required
 @require_GET
-def conversation_messages(request, conversation_id: int):
-    """The messages of one of the user's conversations (404 for anyone else's)."""
+def conversation_list(request):
+    """The user's conversations, newest first; ``?q=`` filters by title."""
+    conversations = Conversation.objects.filter(user=request.user)
+    if query := request.GET.get("q", "").strip():
+        conversations = conversations.filter(title__icontains=query)
+    items = conversations.values("id", "title", "updated_at")[:100]
+    return JsonResponse({"conversations": list(items)})
+
+
+@login_required
+@require_http_methods(["GET", "PATCH", "DELETE"])
+def conversation_detail(request, conversation_id: int):
+    """GET the messages, PATCH ``{"title": ...}`` to rename, DELETE to delete (own only, else 404)."""
     try:
         conversation = access_conversation(request.user, conversation_id)
     except NotFound:
         raise Http404("conversation not found") from None
-    messages = [
+    if request.method == "DELETE":
+        conversation.delete()
+        return HttpResponse(status=204)
+    if request.method == "PATCH":
+        return _rename(request, conversation)
+    return JsonResponse({"id": conversation.pk, "title": conversation.title, "messages": _messages(conversation)})
+
+
+def _rename(request, conversation: Conversation) -> JsonResponse:
+    try:
+        title = json.loads(request.body or b"{}").get("title", "")
+    except (ValueError, AttributeError):
+        return JsonResponse({"error": "send JSON like {\"title\": \"...\"}"}, status=400)
+    if not isinstance(title, str) or not title.strip():
+        return JsonResponse({"error": "the title must be a non-empty string"}, status=400)
+    conversation.title = " ".join(title.split())[:MAX_TITLE]
+    conversation.save(update_fields=["title", "updated_at"])
+    return JsonResponse({"id": conversation.pk, "title": conversation.title})
+
+
+def _messages(conversation: Conversation) -> list[dict]:
+    return [
         {
             "id": m.pk,
             "role": m.role,
             "text": m.text,
             "status": m.status,
-            "html": render_answer(m.text, len(m.sources)) if m.role == "assistant" else "",
+            "html": render_answer(m.text, len(m.sources)) if m.role == Message.Role.ASSISTANT else "",
             "sources": m.sources,
             "timings": m.timings,
             "error_code": m.error_code,
+            "provider": m.provider,
+            "model": m.model,
         }
         for m in conversation.messages.all()
     ]
-    return JsonResponse({"id": conversation.pk, "title": conversation.title, "messages": messages})
-
-
-@login_required
-@require_GET
-def conversation_list(request):
-    items = Conversation.objects.filter(user=request.user).values("id", "title", "updated_at")[:100]
-    return JsonResponse({"conversations": list(items)})

@@ -114,6 +114,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "channels",
+    "django_tasks",
+    "django_tasks_db",
     "documents",
     "chat",
     "monitoring",
@@ -235,9 +237,15 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # Production serves hashed, compressed files from collectstatic; development straight from
+    # the apps' static folders, so no collectstatic step is needed to run or test.
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
 }
-WHITENOISE_USE_FINDERS = DEBUG  # in development, serve straight from the apps' static folders
+WHITENOISE_USE_FINDERS = not PRODUCTION
 MEDIA_ROOT = VAR_DIR / "media"
 MEDIA_URL = "media/"
 
@@ -251,6 +259,17 @@ RETRIEVAL_TOP_K = env_int("RETRIEVAL_TOP_K", 5, minimum=1)
 RETRIEVAL_MIN_SCORE = env_float("RETRIEVAL_MIN_SCORE", 0.2)
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
+MAX_PDF_PAGES = env_int("MAX_PDF_PAGES", 2000, minimum=1)
+# A DOCX is a zip: refused when its parts would inflate beyond this (zip-bomb protection).
+MAX_DOCX_UNCOMPRESSED_BYTES = env_int("MAX_DOCX_UNCOMPRESSED_BYTES", 200 * 1024 * 1024, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # form fields; files stream to disk (below)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Background ingestion: durable tasks in Postgres (django-tasks + django-tasks-db), run by
+# `manage.py worker`. A document whose worker died (no progress for INGEST_STALE_SECONDS) is
+# queued again by any live worker.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+INGEST_STALE_SECONDS = env_float("INGEST_STALE_SECONDS", 120.0, minimum=0.1)
+INGEST_RECOVERY_INTERVAL = env_float("INGEST_RECOVERY_INTERVAL", 15.0, minimum=0.05)
 
 # --- LLM --------------------------------------------------------------------------------------
 GROQ_API_KEY = env_str("GROQ_API_KEY", "") or ""
@@ -283,6 +302,8 @@ GENERATION_QUEUE_TIMEOUT = env_float("GENERATION_QUEUE_TIMEOUT", 120.0, minimum=
 MAX_FRAME_BYTES = env_int("MAX_FRAME_BYTES", 16 * 1024, minimum=256)
 MAX_QUESTION_CHARS = env_int("MAX_QUESTION_CHARS", 4000, minimum=1)
 MEMORY_WINDOW_TOKENS = env_int("MEMORY_WINDOW_TOKENS", 800)
+RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 30, minimum=1)
+MAX_GENERATIONS_PER_USER = env_int("MAX_GENERATIONS_PER_USER", 3, minimum=1)
 STREAM_COALESCE_MS = env_int("STREAM_COALESCE_MS", 25)
 
 # --- Logging ----------------------------------------------------------------------------------

@@ -1,15 +1,69 @@
-"""Turn an uploaded file into text sections (title, page, text) for chunking."""
+"""Turn an uploaded file into text sections (title, page, text) for chunking.
+
+Supported: plain text, Markdown, PDF (one section per page, for page citations), DOCX and HTML
+(sections at headings). Every way a file can be unreadable ends in an ``ExtractionError`` whose
+message is shown to people as is.
+"""
 
 from __future__ import annotations
 
+import io
+import logging
 import re
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
+import docx
+from bs4 import BeautifulSoup, Tag
+from bs4.dammit import EncodingDetector
 from charset_normalizer import from_bytes
+from django.conf import settings
+from docx.document import Document as DocxDocument
+from docx.table import Table, _Cell
+from docx.text.paragraph import Paragraph
+from pypdf import PdfReader
+from pypdf import PasswordType
 
-SUPPORTED_SUFFIXES = {".txt": "text/plain", ".md": "text/markdown", ".markdown": "text/markdown"}
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PDF = "application/pdf"
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+HTML = "text/html"
+SUPPORTED_SUFFIXES = {
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".pdf": PDF,
+    ".docx": DOCX,
+    ".html": HTML,
+    ".htm": HTML,
+}
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_DOCX_HEADING_STYLE = re.compile(r"^heading (\d)$", re.IGNORECASE)
+# Word's XML parts compress roughly tenfold; a big part far beyond that is a zip bomb even when
+# the total stays under MAX_DOCX_UNCOMPRESSED_BYTES.
+_DOCX_MAX_RATIO = 100
+_DOCX_RATIO_MIN_BYTES = 10 * 1024 * 1024
+_HTML_DROPPED = ["script", "style", "noscript", "template", "iframe", "svg", "canvas", "nav"]
+_HTML_HEADINGS = ["h1", "h2", "h3", "h4", "h5", "h6"]
+_HTML_BLOCKS = [
+    "p", "div", "section", "article", "main", "aside", "header", "footer", "blockquote", "pre",
+    "ul", "ol", "li", "dl", "dt", "dd", "table", "tr", "caption", "figure", "figcaption",
+    "address", "hr", "form", "fieldset", "details", "summary",
+]  # fmt: skip
+# Private-use characters that mark headings and <pre> line breaks while HTML is flattened to text;
+# they are removed from the page first, so its own text cannot contain them.
+_HEADING_MARK, _LINE_MARK = "\ue000", "\ue001"  # not \x1f and such: str.split() takes those for spaces
+_NO_MARKS = str.maketrans("", "", _HEADING_MARK + _LINE_MARK)
+# Web pages labelled Latin-1 or ASCII are really windows-1252 (the WHATWG Encoding standard).
+_WEB_ENCODINGS = {name: "cp1252" for name in ("iso-8859-1", "latin-1", "latin1", "ascii", "us-ascii")}
+
+# A block of a document in reading order: (heading level, heading text) or (None, body text).
+Block = tuple[int | None, str]
 
 
 class ExtractionError(Exception):
@@ -23,6 +77,14 @@ class Section:
     page: int | None = None
 
 
+class Sections(list[Section]):
+    """The sections of a document, and the title the file declares itself (HTML ``<title>``)."""
+
+    def __init__(self, sections: Iterable[Section] = (), title: str = "") -> None:
+        super().__init__(sections)
+        self.title = title
+
+
 def mime_for(path: Path) -> str:
     mime = SUPPORTED_SUFFIXES.get(path.suffix.lower())
     if mime is None:
@@ -31,12 +93,20 @@ def mime_for(path: Path) -> str:
     return mime
 
 
-def decode_text(data: bytes) -> str:
-    """Text of ``data`` in whatever common encoding it uses (detected, not assumed UTF-8)."""
+def decode_text(data: bytes, declared: str | None = None) -> str:
+    """Text of ``data`` in whatever common encoding it uses (detected, not assumed UTF-8).
+
+    An encoding the file ``declared`` itself is trusted first, as browsers do: detection can
+    mistake one legacy encoding for another on a short text."""
     if not data.strip():
         raise ExtractionError("the file is empty")
     if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ExtractionError("the file looks binary, not text")
+    if declared:
+        try:
+            return data.decode(_WEB_ENCODINGS.get(declared.lower(), declared))
+        except (LookupError, UnicodeDecodeError):
+            pass  # a wrong or unknown declaration: detect instead
     best = from_bytes(data).best()
     if best is None:
         raise ExtractionError("the file's text encoding could not be detected")
@@ -44,41 +114,256 @@ def decode_text(data: bytes) -> str:
 
 
 def extract_sections(data: bytes, mime: str) -> list[Section]:
-    text = decode_text(data)
-    if mime == "text/markdown":
-        return markdown_sections(text)
-    return [Section(heading="", text=text)]
+    """Sections of the file's text in reading order; a ``Sections`` list when it declares a title."""
+    extractor = _EXTRACTORS.get(mime)
+    if extractor is None:
+        raise ExtractionError(f"unsupported file type {mime}")
+    sections = extractor(data)
+    # PostgreSQL text cannot hold NUL, and PDF text extraction emits it for unmapped glyphs.
+    return Sections((replace(s, text=s.text.replace("\x00", "")) for s in sections), _title_of(sections))
+
+
+def title_for(path: Path, sections: list[Section]) -> str:
+    if _title_of(sections):
+        return _title_of(sections)[:300]
+    for section in sections:
+        if section.heading:
+            return section.heading.split(" › ")[0][:300]
+    return path.stem.replace("_", " ").replace("-", " ")[:300] or path.name
+
+
+def _title_of(sections: list[Section]) -> str:
+    return sections.title if isinstance(sections, Sections) else ""
+
+
+def heading_sections(blocks: Iterable[Block], separator: str) -> list[Section]:
+    """Sections split at headings; each remembers its heading path ("A › B").
+
+    Body blocks under one heading are joined with ``separator``; a heading with no body under it
+    yields no section of its own (its title lives on in the path of its subsections)."""
+    sections: list[Section] = []
+    path: list[tuple[int, str]] = []
+    body: list[str] = []
+    for level, text in blocks:
+        if level is None:
+            body.append(text)
+            continue
+        _append_section(sections, path, body, separator)
+        path = [(lvl, title) for lvl, title in path if lvl < level] + [(level, text)]
+        body = []
+    _append_section(sections, path, body, separator)
+    return sections
+
+
+def _append_section(sections: list[Section], path: list[tuple[int, str]], body: list[str], separator: str) -> None:
+    text = separator.join(body).strip()
+    if text:
+        sections.append(Section(heading=" › ".join(title for _, title in path), text=text))
+
+
+# --- Text and Markdown --------------------------------------------------------------------------
+def text_sections(data: bytes) -> list[Section]:
+    return [Section(heading="", text=decode_text(data))]
 
 
 def markdown_sections(text: str) -> list[Section]:
     """Split Markdown at headings; each section remembers its heading path ("A › B")."""
-    sections: list[Section] = []
-    path: list[tuple[int, str]] = []
-    lines: list[str] = []
+    return heading_sections(_markdown_blocks(text), separator="\n")
 
-    def flush() -> None:
-        body = "\n".join(lines).strip()
-        if body:
-            sections.append(Section(heading=" › ".join(title for _, title in path), text=body))
-        lines.clear()
 
+def _markdown_blocks(text: str) -> Iterator[Block]:
     in_fence = False
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
             in_fence = not in_fence
         match = None if in_fence else _HEADING.match(line)
-        if match:
-            flush()
-            level = len(match.group(1))
-            path = [(lvl, title) for lvl, title in path if lvl < level] + [(level, match.group(2))]
-        else:
-            lines.append(line)
-    flush()
+        yield (len(match.group(1)), match.group(2)) if match else (None, line)
+
+
+# --- PDF ----------------------------------------------------------------------------------------
+def pdf_sections(data: bytes) -> list[Section]:
+    """One section per page that has text, with its 1-based page number for citations."""
+    reader = _open_pdf(data)
+    _check_pdf_pages(reader)
+    texts = _pdf_guard(lambda: [page.extract_text() or "" for page in reader.pages])
+    sections = [Section(heading="", text=text, page=n) for n, text in enumerate(texts, 1) if text.strip()]
+    if not sections:
+        raise ExtractionError("the PDF has no text layer (a scan? run OCR on it first)")
     return sections
 
 
-def title_for(path: Path, sections: list[Section]) -> str:
-    for section in sections:
-        if section.heading:
-            return section.heading.split(" › ")[0][:300]
-    return path.stem.replace("_", " ").replace("-", " ")[:300] or path.name
+def _open_pdf(data: bytes) -> PdfReader:
+    reader = _pdf_guard(lambda: PdfReader(io.BytesIO(data)))
+    if _pdf_guard(lambda: reader.is_encrypted) and not _decrypts_without_password(reader):
+        raise ExtractionError("the PDF is encrypted")
+    return reader
+
+
+def _decrypts_without_password(reader: PdfReader) -> bool:
+    # Many PDFs are encrypted only to restrict printing or editing, with an empty user password.
+    try:
+        return reader.decrypt("") != PasswordType.NOT_DECRYPTED
+    except Exception:  # a broken encryption dictionary, or an algorithm pypdf cannot run here
+        logger.info("PDF decryption with an empty password failed", exc_info=True)
+        return False
+
+
+def _check_pdf_pages(reader: PdfReader) -> None:
+    pages = _pdf_guard(lambda: len(reader.pages))
+    if pages > settings.MAX_PDF_PAGES:
+        raise ExtractionError(f"the PDF has {pages} pages, more than the limit of {settings.MAX_PDF_PAGES}")
+
+
+def _pdf_guard(step: Callable[[], T]) -> T:
+    # pypdf reports a malformed file with almost any exception type (KeyError, TypeError, ...),
+    # from any step, so the boundary to pypdf catches them all.
+    try:
+        return step()
+    except ExtractionError:
+        raise
+    except Exception as exc:
+        logger.info("unreadable PDF: %s: %s", type(exc).__name__, exc)
+        raise ExtractionError("the PDF is corrupt or unreadable") from exc
+
+
+# --- DOCX ---------------------------------------------------------------------------------------
+def docx_sections(data: bytes) -> list[Section]:
+    """Paragraphs and table rows in reading order, split at the Title and Heading N styles."""
+    _check_docx_archive(data)
+    try:
+        blocks = list(_docx_blocks(docx.Document(io.BytesIO(data))))
+    except Exception as exc:  # python-docx and lxml raise many types for a broken package
+        logger.info("unreadable DOCX: %s: %s", type(exc).__name__, exc)
+        raise ExtractionError("the DOCX is corrupt or unreadable") from exc
+    return heading_sections(blocks, separator="\n\n")
+
+
+def _check_docx_archive(data: bytes) -> None:
+    """Refuse a zip bomb before python-docx inflates it.
+
+    The sizes checked are the ones the archive declares; that is enough, because ``zipfile``
+    never inflates a member beyond its declared size (the CRC check fails instead)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise ExtractionError("the DOCX is corrupt or unreadable") from exc
+    limit = settings.MAX_DOCX_UNCOMPRESSED_BYTES
+    if sum(member.file_size for member in members) > limit:
+        raise ExtractionError(f"the DOCX expands to more than {_megabytes(limit)} MB (zip bomb?)")
+    if any(_is_inflated(member) for member in members):
+        raise ExtractionError(f"the DOCX expands more than {_DOCX_MAX_RATIO} times its size (zip bomb?)")
+
+
+def _is_inflated(member: zipfile.ZipInfo) -> bool:
+    big = member.file_size > _DOCX_RATIO_MIN_BYTES
+    return big and member.file_size > _DOCX_MAX_RATIO * max(member.compress_size, 1)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):g}"
+
+
+def _docx_blocks(document: DocxDocument) -> Iterator[Block]:
+    for item in document.iter_inner_content():
+        if isinstance(item, Table):
+            yield from ((None, row) for row in _table_rows(item))
+        elif text := item.text.strip():
+            yield _docx_heading_level(item), text
+
+
+def _docx_heading_level(paragraph: Paragraph) -> int | None:
+    name = (paragraph.style.name if paragraph.style is not None else None) or ""
+    if name == "Title":
+        return 0  # above Heading 1, so the title heads the path like a Markdown "# Title"
+    match = _DOCX_HEADING_STYLE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _table_rows(table: Table) -> Iterator[str]:
+    """Each row as "cell | cell", a merged cell once (python-docx repeats it per grid column)."""
+    for row in table.rows:
+        cells: list[_Cell] = []
+        for cell in row.cells:
+            if not cells or cell._tc is not cells[-1]._tc:
+                cells.append(cell)
+        texts = [" ".join(cell.text.split()) for cell in cells]
+        if any(texts):
+            yield " | ".join(texts)
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+def html_sections(data: bytes) -> Sections:
+    """The page's main content split at h1–h6, without scripts, styles and navigation."""
+    declared = EncodingDetector.find_declared_encoding(data, is_html=True)
+    text = decode_text(data, declared).translate(_NO_MARKS)  # page text cannot forge the marks
+    soup = BeautifulSoup(text, "lxml")
+    title = _html_title(soup)
+    root = _html_content_root(soup)
+    _decompose(root.find_all(_HTML_DROPPED))
+    # A page's <header>/<footer> is site chrome (logo, links, copyright); one inside an
+    # <article> or <section> holds that piece's own title and byline, which are content.
+    _decompose(e for e in root.find_all(["header", "footer"]) if not e.find_parent(["article", "section"]))
+    return Sections(heading_sections(_html_blocks(root), separator="\n\n"), title)
+
+
+def _html_title(soup: BeautifulSoup) -> str:
+    for element in (soup.title, soup.find("h1")):
+        if element is not None and (text := _squash(element.get_text(" "))):
+            return text
+    return ""
+
+
+def _html_content_root(soup: BeautifulSoup) -> Tag:
+    # <main> is the page's content by definition, and a lone <article> nearly always is; several
+    # articles make a listing page, whose content is all of them.
+    articles = soup.find_all("article", limit=2)
+    root = soup.find("main") or (articles[0] if len(articles) == 1 else None) or soup.body
+    return root if isinstance(root, Tag) else soup
+
+
+def _decompose(elements: Iterable[Tag]) -> None:
+    for element in list(elements):
+        if not element.decomposed:  # already gone with an ancestor dropped before it
+            element.decompose()
+
+
+def _html_blocks(root: Tag) -> Iterator[Block]:
+    """Paragraphs and headings in reading order.
+
+    Headings become marked lines and block elements are set apart by blank lines, then the text
+    is flattened in one pass (bs4 walks the tree iteratively: deep nesting cannot exhaust the
+    stack). Lines inside <pre> are marked so that squashing whitespace keeps them."""
+    for heading in root.find_all(_HTML_HEADINGS):
+        text = _squash(heading.get_text(" "))
+        heading.replace_with(f"\n\n{_HEADING_MARK}{heading.name[1]}{text}\n\n" if text else "")
+    for pre in root.find_all("pre"):
+        pre.replace_with("\n\n" + pre.get_text().strip("\n").replace("\n", _LINE_MARK) + "\n\n")
+    for cell in root.find_all(["td", "th"]):
+        if cell.find_previous_sibling(["td", "th"]) is not None:
+            cell.insert_before(" | ")
+    for element in root.find_all("br"):
+        element.replace_with(" ")
+    for element in root.find_all(_HTML_BLOCKS):
+        element.insert_before("\n\n")
+        element.insert_after("\n\n")
+    for paragraph in re.split(r"\n\s*\n", root.get_text()):
+        text = _squash(paragraph).replace(_LINE_MARK, "\n")
+        if text.startswith(_HEADING_MARK):
+            yield int(text[1]), text[2:]
+        elif text:
+            yield None, text
+
+
+def _squash(text: str) -> str:
+    """``text`` with runs of whitespace as single spaces, as a browser shows it."""
+    return " ".join(text.split())
+
+
+_EXTRACTORS: dict[str, Callable[[bytes], list[Section]]] = {
+    "text/plain": text_sections,
+    "text/markdown": lambda data: markdown_sections(decode_text(data)),
+    PDF: pdf_sections,
+    DOCX: docx_sections,
+    HTML: html_sections,
+}

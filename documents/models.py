@@ -41,6 +41,9 @@ class Document(models.Model):
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
     title = models.CharField(max_length=300)
     source_path = models.CharField(max_length=1000, blank=True)
+    file = models.FileField(upload_to="documents/%Y/%m/", blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    pages = models.IntegerField(null=True, blank=True)
     mime = models.CharField(max_length=100, blank=True)
     sha256 = models.CharField(max_length=64)
     size_bytes = models.BigIntegerField(default=0)
@@ -58,6 +61,10 @@ class Document(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {self.Status.PENDING, self.Status.EXTRACTING, self.Status.EMBEDDING}
 
 
 class Chunk(models.Model):

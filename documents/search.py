@@ -46,9 +46,13 @@ def snippet(text: str) -> str:
 
 def readable_chunks(user):
     collection_ids = list(Collection.objects.readable_by(user).values_list("id", flat=True))
-    return Chunk.objects.filter(
-        document__collection_id__in=collection_ids, document__status=Document.Status.READY
-    ).select_related("document")
+    # Chunks exist only once a document was fully ingested; a document being re-processed keeps
+    # its old chunks searchable until the new ones replace them.
+    return (
+        Chunk.objects.filter(document__collection_id__in=collection_ids)
+        .exclude(document__status=Document.Status.FAILED)
+        .select_related("document")
+    )
 
 
 def search(user, query_text: str, query_vector: list[float], k: int | None = None) -> list[Hit]:

@@ -37,6 +37,7 @@ def llm_points_at_fake(fake_groq):
     settings.GROQ_API_KEY = "test-key-not-secret"
     settings.GROQ_BASE_URL = fake_groq.base_url
     settings.GROQ_MODEL = "fake-model"
+    settings.RATE_LIMIT_PER_MINUTE = 10_000  # the rate-limit tests lower it again
     llm.get_provider.cache_clear()
     yield fake_groq
 
@@ -181,3 +182,19 @@ def close_db_pool_at_end(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         for connection in connections.all():
             connection.close_pool()
+
+
+def subprocess_env(**extra) -> dict[str, str]:
+    """Environment for a server or worker subprocess that must use this test run's database."""
+    import os
+
+    from django.db import connection
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "PYTHONUNBUFFERED": "1"}
+    name = connection.settings_dict["NAME"]
+    if settings.DATABASE_URL:
+        base = settings.DATABASE_URL.rsplit("/", 1)[0]
+        env["DATABASE_URL"] = f"{base}/{name}"
+    else:
+        env["EMBEDDED_PG_DB"] = name
+    return {**env, **{key: str(value) for key, value in extra.items()}}

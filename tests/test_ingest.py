@@ -96,9 +96,21 @@ def test_the_ingest_command_reports_ready_failed_and_unchanged(collection, tmp_p
     (tmp_path / "a.md").write_text("# Alpha\n\nAlpha is the first letter of the Greek alphabet.")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("Beta follows alpha in the Greek alphabet.")
-    call_command("ingest", str(tmp_path), "--collection", "library")
-    call_command("ingest", str(tmp_path), "--collection", "library")
+    call_command("ingest", str(tmp_path), "--collection", "library", "--now")
+    call_command("ingest", str(tmp_path), "--collection", "library", "--now")
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("ready ") for line in lines) == 2
     assert sum(line.startswith("unchanged ") for line in lines) == 2
     assert Document.objects.filter(status="ready").count() == 2
+
+
+def test_it_replaces_the_chunks_of_a_file_that_changed(collection, tmp_path):
+    path = tmp_path / "policy.md"
+    path.write_text("# Policy\n\nThe old rule says bicycles are parked in the basement.")
+    first = do_ingest_file(path, collection).document
+    path.write_text("# Policy\n\nThe new rule says bicycles are parked in the courtyard.")
+    second = do_ingest_file(path, collection).document
+    assert second.pk == first.pk and second.status == "ready"
+    texts = list(Chunk.objects.filter(document=second).values_list("text", flat=True))
+    assert texts == ["The new rule says bicycles are parked in the courtyard."]
+    assert Document.objects.count() == 1

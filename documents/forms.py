@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django import forms
+
+from .models import Collection
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """A file field accepting several files (the pattern from Django's file-upload docs)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data, initial=None):
+        if isinstance(data, (list, tuple)):
+            return [super(MultipleFileField, self).clean(item, initial) for item in data]
+        return [super().clean(data, initial)]
+
+
+class UploadForm(forms.Form):
+    collection = forms.ModelChoiceField(queryset=Collection.objects.order_by("name"))
+    files = MultipleFileField(help_text="PDF, DOCX, HTML, Markdown or text; several at once.")

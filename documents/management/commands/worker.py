@@ -1,0 +1,21 @@
+"""``manage.py worker``: django-tasks-db's ``db_worker`` plus recovery of orphaned documents."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
+
+from documents.recovery import RecoveryLoop, requeue_orphaned_documents
+
+
+class Command(DBWorkerCommand):
+    help = "Run background jobs (document ingestion); re-queues jobs whose worker died."
+
+    def handle(self, *args, **options):
+        requeue_orphaned_documents()
+        recovery = RecoveryLoop(settings.INGEST_RECOVERY_INTERVAL)
+        recovery.start()
+        try:
+            return super().handle(*args, **options)
+        finally:
+            recovery.stopped.set()

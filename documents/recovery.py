@@ -1,0 +1,70 @@
+"""Orphaned ingestion jobs: a document still in progress whose worker died is queued again.
+
+django-tasks-db leaves the task of a killed worker ``RUNNING`` forever; the document's progress
+heartbeat (``updated_at``, touched per embedded batch) tells a live worker it was abandoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from django_tasks.base import TaskResultStatus
+from django_tasks_db.models import DBTaskResult
+
+from .ingest import do_requeue
+from .models import Document
+
+logger = logging.getLogger(__name__)
+
+
+def requeue_orphaned_documents(stale_after: float | None = None) -> list[int]:
+    """Queue again every in-progress document with no heartbeat for ``stale_after`` seconds whose
+    task is not simply waiting in the queue; returns their ids."""
+    cutoff = timezone.now() - timedelta(seconds=stale_after or settings.INGEST_STALE_SECONDS)
+    requeued = []
+    for document in Document.objects.filter(
+        status__in=[Document.Status.PENDING, Document.Status.EXTRACTING, Document.Status.EMBEDDING],
+        updated_at__lt=cutoff,
+    ):
+        if _requeue_if_orphaned(document.pk, cutoff):
+            requeued.append(document.pk)
+    return requeued
+
+
+def _requeue_if_orphaned(document_id: int, cutoff) -> bool:
+    with transaction.atomic():
+        # Locked and re-checked, so two live workers never both re-queue the same document.
+        document = Document.objects.select_for_update(skip_locked=True).filter(pk=document_id).first()
+        if document is None or not document.is_active or document.updated_at >= cutoff:
+            return False
+        task = DBTaskResult.objects.filter(pk=document.task_id).first() if document.task_id else None
+        if task is not None and task.status == TaskResultStatus.READY:
+            return False  # still waiting for a free worker, not orphaned
+        if task is not None and task.status == TaskResultStatus.RUNNING:
+            DBTaskResult.objects.filter(pk=task.pk).update(status=TaskResultStatus.FAILED, finished_at=timezone.now())
+        logger.warning("document %s was abandoned by its worker; queued again", document_id)
+        do_requeue(document)
+        return True
+
+
+class RecoveryLoop(threading.Thread):
+    """Runs ``requeue_orphaned_documents`` every ``interval`` seconds beside a worker."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(daemon=True, name="ingest-recovery")
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                requeue_orphaned_documents()
+            except Exception:
+                logger.exception("recovery of orphaned documents failed; will retry")
+            finally:
+                close_old_connections()
