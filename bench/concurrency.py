@@ -300,16 +300,20 @@ async def open_socket(url: str, origin: str, cookie: str, timeout: float, result
 async def ask(socket_, result: Result, timeout: float) -> None:
     """Send the question, read frames until ``finish``; fill ``result``."""
     frame = {"type": "ask", "conversation_id": None, "text": result.question, "client_id": str(uuid.uuid4())}
-    await socket_.send(json.dumps(frame))
+    answer_id = None
     started = time.perf_counter()
     try:
+        await socket_.send(json.dumps(frame))
         async with asyncio.timeout(timeout):
             while True:
                 reply = json.loads(await socket_.recv())
                 kind = reply.get("type")
-                if kind == "ack" and result.ack is None:
+                if kind == "ack":
                     result.ack = time.perf_counter() - started
-                elif kind == "delta" and result.first_token is None:
+                    answer_id = reply.get("answer_id")
+                elif kind in ("delta", "finish") and reply.get("message_id") != answer_id:
+                    note(result, "crossover")  # a frame of another answer on this socket
+                if kind == "delta" and result.first_token is None:
                     result.first_token = time.perf_counter() - started
                 elif kind == "error":
                     result.errors.append(f"error frame: {reply.get('code')}")
@@ -325,13 +329,22 @@ async def ask(socket_, result: Result, timeout: float) -> None:
 
 
 def check_finish(frame: dict, result: Result) -> None:
+    text = frame.get("text", "")
     if frame.get("status") != "complete":
         result.errors.append(f"finish status: {frame.get('status')}")
-    elif f"«{result.question}»" not in frame.get("text", ""):
-        result.errors.append("crossover")  # not this client's own answer (the fake LLM echoes it)
+    elif text.startswith("I could not find"):
+        result.errors.append("not found (retrieval found nothing, the LLM was not called)")
+    elif f"«{result.question}»" not in text:
+        note(result, "crossover")  # not this client's own answer (the fake LLM echoes it)
 
 
-async def client(i, url, origin, cookie, go: asyncio.Event, result: Result, args) -> None:
+def note(result: Result, error: str) -> None:
+    if error not in result.errors:
+        result.errors.append(error)
+
+
+async def client(url: str, origin: str, cookie: str, go: asyncio.Event, result: Result, args) -> None:
+    """One user: connect, wait for the start signal, ask, close."""
     socket_ = await open_socket(url, origin, cookie, args.connect_timeout, result)
     try:
         await go.wait()
@@ -349,11 +362,11 @@ async def run_level(n: int, cookies: list[str], servers: Servers, args, tag: str
     go = asyncio.Event()
     results = [Result(f"{QUESTIONS[i % len(QUESTIONS)]} #{tag}{i}") for i in range(n)]
     tasks = [
-        asyncio.create_task(client(i, url, origin, cookies[i], go, results[i], args)) for i in range(n)
+        asyncio.create_task(client(url, origin, cookies[i], go, results[i], args)) for i in range(n)
     ]
     await wait_until_connected(results, args.connect_timeout + 5)
     go.set()
-    done, pending = await asyncio.wait(tasks, timeout=args.answer_timeout + args.connect_timeout + 15)
+    _, pending = await asyncio.wait(tasks, timeout=args.answer_timeout + args.connect_timeout + 15)
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -389,17 +402,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine so far (all cores, idle and iowait excluded)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 class CpuMeter:
-    """CPU use of named processes over a wall-clock window, as % of one core."""
+    """CPU use of named processes, and of the whole machine, over a wall-clock window, as % of
+    one core (the machine's includes Postgres and anything else running meanwhile)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.start = time.monotonic()
         self.before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.machine_before = machine_cpu_seconds()
 
     def percent(self) -> dict[str, float]:
         wall = time.monotonic() - self.start
-        return {name: 100 * (cpu_seconds(pid) - self.before[name]) / wall for name, pid in self.pids.items()}
+        used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
+        used["machine"] = machine_cpu_seconds() - self.machine_before
+        return {name: 100 * seconds / wall for name, seconds in used.items()}
 
 
 @dataclass
@@ -429,12 +452,13 @@ def fmt(seconds: float | None) -> str:
 
 
 def print_table(summaries: list[LevelSummary]) -> None:
-    """One row per level; cpu% is each process's CPU over the level's wall time (100 = one core)."""
+    """One row per level; cpu% is each process's CPU over the level's wall time (100 = one core;
+    'machine' is all of it: ours, Postgres's and any other work running meanwhile)."""
     solo = next((s for s in summaries if s.n == 1), None)
     baseline = percentile(solo.ok("total"), 50) if solo else None
     header = (f"{'N':>4} {'runs':>4} {'answers':>7} {'errors':>6} {'ttft p50':>9} {'ttft p95':>9} "
               f"{'total p50':>10} {'total p95':>10} {'p95/p50(1)':>10} {'connect p95':>11} {'llm peak':>8}"
-              f"  cpu% daphne/llm/clients")
+              f"  cpu% daphne/llm/clients/machine")
     print(header)
     print("-" * len(header))
     for s in summaries:
@@ -443,7 +467,7 @@ def print_table(summaries: list[LevelSummary]) -> None:
         print(f"{s.n:>4} {s.runs:>4} {len(s.results):>7} {s.errors:>6} {fmt(percentile(s.ok('first_token'), 50)):>9} "
               f"{fmt(percentile(s.ok('first_token'), 95)):>9} {fmt(percentile(s.ok('total'), 50)):>10} "
               f"{fmt(p95):>10} {ratio:>10} {fmt(percentile(s.ok('connect'), 95)):>11} {s.llm_peak:>8}"
-              f"  {'/'.join(f'{s.cpu[k]:.0f}' for k in ('daphne', 'llm', 'clients'))}")
+              f"  {'/'.join(f'{s.cpu[k]:.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}")
     print_breakdown(summaries)
     for s in summaries:
         if s.errors:
@@ -464,11 +488,17 @@ def print_breakdown(summaries: list[LevelSummary]) -> None:
         print(f"             {s.n:>4}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}")
 
 
+def machine_busy(seconds: float) -> float:
+    before = machine_cpu_seconds()
+    time.sleep(seconds)
+    return 100 * (machine_cpu_seconds() - before) / seconds
+
+
 def print_machine(args: argparse.Namespace, servers: Servers) -> None:
     print(f"machine: nproc={len(os.sched_getaffinity(0))} ({platform.machine()}, {platform.system()} "
           f"{platform.release()}), Python {platform.python_version()}")
-    print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on this "
-          "machine skews the numbers)")
+    print(f"machine busy before the run: {machine_busy(2.0):.0f}% of one core over 2 s "
+          f"(load average {os.getloadavg()[0]:.2f}); other work on this machine skews the numbers")
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"fake LLM: {shlex.join(servers.groq_cmd)}")
     print(f"server:   {shlex.join(servers.daphne_cmd)}")
@@ -477,11 +507,12 @@ def print_machine(args: argparse.Namespace, servers: Servers) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------------
-async def measure(args, servers: Servers, cookies: list[str]) -> list[LevelSummary]:
+async def measure(args, servers: Servers, cookies: list[str], summaries: list[LevelSummary]) -> None:
+    """Warm up (loads the embedding model), then each level in turn; appends to ``summaries`` so
+    the levels measured so far survive a failure."""
     warm = await run_level(1, cookies, servers, args, tag="warmup-")
     if warm[0].errors:
         raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})")
-    summaries = []
     for n in args.levels:
         servers.reset_llm_stats(args)
         runs = args.solo_runs if n == 1 else 1
@@ -496,7 +527,17 @@ async def measure(args, servers: Servers, cookies: list[str]) -> list[LevelSumma
         print(f"  N={n}: done ({sum(1 for r in results if r.errors)} errors)", flush=True)
         if servers.crashed():
             break
-    return summaries
+
+
+def still_serving(servers: Servers) -> list[str]:
+    """Problems with the servers after the run: exited, or daphne no longer answering."""
+    problems = servers.crashed()
+    if not problems:
+        try:
+            wait_http(f"{servers.daphne_url}/healthz", servers.daphne, timeout=10)
+        except RuntimeError as exc:
+            problems.append(f"daphne unresponsive: {exc}")
+    return problems
 
 
 def report_logs(servers: Servers) -> None:
@@ -512,24 +553,26 @@ def main() -> int:
     print_machine(args, servers)
     print("preparing the bench database, users and documents ...", flush=True)
     cookies = prepare_database(max(args.levels))
-    crashed: list[str] = []
     summaries: list[LevelSummary] = []
+    failure = ""
     try:
         start_servers(args, servers)
         print("servers up; warming up and measuring ...", flush=True)
-        summaries = asyncio.run(measure(args, servers, cookies))
-        crashed = servers.crashed()
+        asyncio.run(measure(args, servers, cookies, summaries))
+    except Exception as exc:  # reported below, after the table of what was measured
+        failure = f"{type(exc).__name__}: {exc}"
     finally:
-        crashed = crashed or servers.crashed()
+        problems = still_serving(servers) if servers.daphne else []
         stop(servers.daphne)
         stop(servers.groq)
     print()
     print_table(summaries)
     report_logs(servers)
-    if crashed:
-        print("SERVER CRASHED: " + "; ".join(crashed))
-        return 1
-    return 0
+    if failure:
+        print(f"BENCHMARK FAILED: {failure}")
+    if problems:
+        print("SERVER CRASHED: " + "; ".join(problems))
+    return 1 if failure or problems else 0
 
 
 if __name__ == "__main__":

@@ -40,9 +40,11 @@ class Stats:
     active: int = 0
     max_active: int = 0
     questions: list[str] = field(default_factory=list)
+    prompts: list[list[dict]] = field(default_factory=list)  # the messages of recent requests
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "questions"} | {"last_questions": self.questions[-20:]}
+        counters = {k: v for k, v in self.__dict__.items() if k not in ("questions", "prompts")}
+        return counters | {"last_questions": self.questions[-20:]}
 
 
 class FakeGroq:
@@ -75,6 +77,7 @@ class FakeGroq:
         behaviour = self.behaviour_for(last_user)
         self.stats.requests += 1
         self.stats.questions.append(question)
+        self.stats.prompts = [*self.stats.prompts[-49:], body["messages"]]
         if behaviour["mode"] == "error":
             return web.json_response(
                 {"error": {"message": "injected failure", "type": "server_error"}}, status=int(behaviour["status"])
