@@ -36,9 +36,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user = user
         await self.accept()
 
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Server shutdown cancels the consumer without a disconnect: stop the answers here too,
+            # so each is saved as stopped before the process exits.
+            await self._stop_answers()
+
     async def disconnect(self, code: int) -> None:
+        await self._stop_answers()
+
+    async def _stop_answers(self) -> None:
         self.closed = True
-        tasks = list(self.tasks.values())
+        tasks = list(getattr(self, "tasks", {}).values())
         for task in tasks:
             task.cancel()
         # Wait so every answer is persisted as stopped before the consumer goes away.

@@ -53,6 +53,13 @@ def is_loaded() -> bool:
     return _model is not None
 
 
+def warm_up() -> None:
+    """Start loading the model in the background (first page view), so the first question of a
+    fresh server does not wait for it; returns at once."""
+    if _model is None:
+        executor().submit(get_model)
+
+
 def encode(texts: list[str]) -> list[list[float]]:
     """Normalised embeddings for ``texts`` (blocking: call from a worker thread, not the loop)."""
     vectors = get_model().encode(

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import docx
-from bs4 import BeautifulSoup, Tag
+from bs4 import BeautifulSoup, NavigableString, PageElement, Tag
 from bs4.dammit import EncodingDetector
 from charset_normalizer import from_bytes
 from django.conf import settings
 from docx.document import Document as DocxDocument
 from docx.table import Table, _Cell
 from docx.text.paragraph import Paragraph
-from pypdf import PdfReader
-from pypdf import PasswordType
+from pypdf import PasswordType, PdfReader
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,10 +54,9 @@ _HTML_BLOCKS = [
     "ul", "ol", "li", "dl", "dt", "dd", "table", "tr", "caption", "figure", "figcaption",
     "address", "hr", "form", "fieldset", "details", "summary",
 ]  # fmt: skip
-# Private-use characters that mark headings and <pre> line breaks while HTML is flattened to text;
-# they are removed from the page first, so its own text cannot contain them.
-_HEADING_MARK, _LINE_MARK = "\ue000", "\ue001"  # not \x1f and such: str.split() takes those for spaces
-_NO_MARKS = str.maketrans("", "", _HEADING_MARK + _LINE_MARK)
+# Marks where a table cell starts while HTML text is gathered; a private-use character, since
+# str.split() would take a control character such as \x1f for whitespace.
+_CELL_MARK = "\ue000"
 # Web pages labelled Latin-1 or ASCII are really windows-1252 (the WHATWG Encoding standard).
 _WEB_ENCODINGS = {name: "cp1252" for name in ("iso-8859-1", "latin-1", "latin1", "ascii", "us-ascii")}
 
@@ -113,19 +111,21 @@ def decode_text(data: bytes, declared: str | None = None) -> str:
     return str(best)
 
 
-def extract_sections(data: bytes, mime: str) -> list[Section]:
-    """Sections of the file's text in reading order; a ``Sections`` list when it declares a title."""
+def extract_sections(data: bytes, mime: str) -> Sections:
+    """The file's text as sections in reading order, with the title the file declares, if any."""
     extractor = _EXTRACTORS.get(mime)
     if extractor is None:
         raise ExtractionError(f"unsupported file type {mime}")
     sections = extractor(data)
     # PostgreSQL text cannot hold NUL, and PDF text extraction emits it for unmapped glyphs.
-    return Sections((replace(s, text=s.text.replace("\x00", "")) for s in sections), _title_of(sections))
+    clean = (replace(s, heading=s.heading.replace("\x00", ""), text=s.text.replace("\x00", "")) for s in sections)
+    return Sections(clean, _title_of(sections))
 
 
 def title_for(path: Path, sections: list[Section]) -> str:
-    if _title_of(sections):
-        return _title_of(sections)[:300]
+    """The title the file declares, else its first top heading, else its name made readable."""
+    if declared := _title_of(sections):
+        return declared[:300]
     for section in sections:
         if section.heading:
             return section.heading.split(" › ")[0][:300]
@@ -246,7 +246,7 @@ def _check_docx_archive(data: bytes) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
         raise ExtractionError("the DOCX is corrupt or unreadable") from exc
     limit = settings.MAX_DOCX_UNCOMPRESSED_BYTES
     if sum(member.file_size for member in members) > limit:
@@ -296,15 +296,10 @@ def _table_rows(table: Table) -> Iterator[str]:
 def html_sections(data: bytes) -> Sections:
     """The page's main content split at h1–h6, without scripts, styles and navigation."""
     declared = EncodingDetector.find_declared_encoding(data, is_html=True)
-    text = decode_text(data, declared).translate(_NO_MARKS)  # page text cannot forge the marks
+    text = decode_text(data, declared).replace(_CELL_MARK, "")  # page text cannot forge the mark
     soup = BeautifulSoup(text, "lxml")
-    title = _html_title(soup)
-    root = _html_content_root(soup)
-    _decompose(root.find_all(_HTML_DROPPED))
-    # A page's <header>/<footer> is site chrome (logo, links, copyright); one inside an
-    # <article> or <section> holds that piece's own title and byline, which are content.
-    _decompose(e for e in root.find_all(["header", "footer"]) if not e.find_parent(["article", "section"]))
-    return Sections(heading_sections(_html_blocks(root), separator="\n\n"), title)
+    blocks = _html_blocks(_html_content_root(soup))
+    return Sections(heading_sections(blocks, separator="\n\n"), _html_title(soup))
 
 
 def _html_title(soup: BeautifulSoup) -> str:
@@ -322,37 +317,59 @@ def _html_content_root(soup: BeautifulSoup) -> Tag:
     return root if isinstance(root, Tag) else soup
 
 
-def _decompose(elements: Iterable[Tag]) -> None:
-    for element in list(elements):
-        if not element.decomposed:  # already gone with an ancestor dropped before it
-            element.decompose()
-
-
 def _html_blocks(root: Tag) -> Iterator[Block]:
     """Paragraphs and headings in reading order.
 
-    Headings become marked lines and block elements are set apart by blank lines, then the text
-    is flattened in one pass (bs4 walks the tree iteratively: deep nesting cannot exhaust the
-    stack). Lines inside <pre> are marked so that squashing whitespace keeps them."""
-    for heading in root.find_all(_HTML_HEADINGS):
-        text = _squash(heading.get_text(" "))
-        heading.replace_with(f"\n\n{_HEADING_MARK}{heading.name[1]}{text}\n\n" if text else "")
-    for pre in root.find_all("pre"):
-        pre.replace_with("\n\n" + pre.get_text().strip("\n").replace("\n", _LINE_MARK) + "\n\n")
-    for cell in root.find_all(["td", "th"]):
-        if cell.find_previous_sibling(["td", "th"]) is not None:
-            cell.insert_before(" | ")
-    for element in root.find_all("br"):
-        element.replace_with(" ")
-    for element in root.find_all(_HTML_BLOCKS):
-        element.insert_before("\n\n")
-        element.insert_after("\n\n")
-    for paragraph in re.split(r"\n\s*\n", root.get_text()):
-        text = _squash(paragraph).replace(_LINE_MARK, "\n")
-        if text.startswith(_HEADING_MARK):
-            yield int(text[1]), text[2:]
-        elif text:
-            yield None, text
+    One walk with an explicit stack, reading the tree without changing it: deep nesting cannot
+    exhaust Python's stack, and the time stays linear in the page's size."""
+    inline: list[str] = []
+    stack: list[tuple[PageElement | None, bool]] = [(root, False)]  # (node, inside an article)
+    while stack:
+        node, in_piece = stack.pop()
+        if node is None:  # the end of a block element
+            yield from _html_paragraph(inline)
+        elif isinstance(node, NavigableString):
+            if type(node) is NavigableString:  # not a comment, doctype, CDATA or script text
+                inline.append(node)
+        elif _skipped(node, in_piece):
+            continue
+        elif node.name in _HTML_HEADINGS or node.name == "pre":
+            yield from _html_paragraph(inline)
+            yield from _html_heading_or_pre(node)
+        else:
+            if node.name == "br":
+                inline.append(" ")
+            elif node.name in ("td", "th"):
+                inline.append(_CELL_MARK)
+            block = node.name in _HTML_BLOCKS
+            if block:
+                yield from _html_paragraph(inline)
+                stack.append((None, in_piece))
+            in_piece = in_piece or node.name in ("article", "section")
+            stack.extend((child, in_piece) for child in reversed(node.contents))
+
+
+def _skipped(element: Tag, in_piece: bool) -> bool:
+    # A page's <header>/<footer> is site chrome (logo, links, copyright); one inside an
+    # <article> or <section> holds that piece's own title and byline, which are content.
+    return element.name in _HTML_DROPPED or (element.name in ("header", "footer") and not in_piece)
+
+
+def _html_heading_or_pre(element: Tag) -> Iterator[Block]:
+    if element.name == "pre":  # its line breaks and indentation are content
+        text, level = element.get_text().strip("\n"), None
+    else:
+        text, level = _squash(element.get_text(" ")), int(element.name[1])
+    if text.strip():
+        yield level, text
+
+
+def _html_paragraph(inline: list[str]) -> Iterator[Block]:
+    """The text gathered since the last block boundary, as one paragraph (cells as "a | b")."""
+    text = _squash("".join(inline)).strip(_CELL_MARK + " ").replace(_CELL_MARK, " | ")
+    inline.clear()
+    if text:
+        yield None, _squash(text)
 
 
 def _squash(text: str) -> str:

@@ -198,3 +198,77 @@ def subprocess_env(**extra) -> dict[str, str]:
     else:
         env["EMBEDDED_PG_DB"] = name
     return {**env, **{key: str(value) for key, value in extra.items()}}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """daphne serving the real ASGI app in a subprocess, on this test run's database."""
+
+    def __init__(self, fake_groq, **env) -> None:
+        self.port = free_port()
+        self.env = subprocess_env(
+            LLM_PROVIDER="groq",
+            GROQ_API_KEY="test-key-not-secret",
+            GROQ_BASE_URL=fake_groq.base_url,
+            GROQ_MODEL="fake-model",
+            RATE_LIMIT_PER_MINUTE=10_000,
+            **env,
+        )
+        self.process = None
+        self.log_path = ARTIFACTS / f"daphne-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "LiveServer":
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
+                    return self
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"daphne exited; see {self.log_path}") from None
+                time.sleep(0.2)  # waiting for the server to listen
+        raise RuntimeError(f"daphne did not start; see {self.log_path}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except Exception:
+                self.process.kill()
+                self.process.wait(10)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def daphne_server(transactional_db, fake_groq):
+    server = LiveServer(fake_groq).start()
+    yield server
+    server.stop()

@@ -67,7 +67,8 @@
     for (const s of sources) {
       const li = el("li", cited.has(s.n) ? "cited" : "also");
       li.id = "source-" + a.el.dataset.id + "-" + s.n;
-      const where = [s.title, s.page ? "page " + s.page : "", s.section].filter(Boolean).join(" · ");
+      const section = s.section && s.section !== s.title ? s.section : "";
+      const where = [s.title, s.page ? "page " + s.page : "", section].filter(Boolean).join(" · ");
       const head = el("button", "source-head", "[" + s.n + "] " + where);
       head.type = "button";
       const snip = el("blockquote", "snippet", s.snippet); snip.hidden = true;

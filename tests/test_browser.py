@@ -1,0 +1,121 @@
+"""The chat in a real browser: Debian's Chromium driven by Playwright, against daphne + fake LLM.
+
+Screenshots go to test-artifacts/.
+"""
+
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import ARTIFACTS, make_user
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium package is required (the CI script installs it)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(people, daphne_server, browser):  # ORM work first: Playwright runs a loop in this thread
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(daphne_server.url + "/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "alice-pass-123")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#connection.ok")
+    yield page
+    context.close()
+
+
+def ask(page, text: str) -> None:
+    page.fill("#question", text)
+    page.press("#question", "Enter")
+
+
+def last_answer(page):
+    return page.locator(".msg.assistant").last
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(page, daphne_server):
+    # tokens appear progressively
+    ask(page, "[[fake tokens=80 delay=0.05]] Where do zebras migrate?")
+    answer = last_answer(page)
+    answer.locator(".body").filter(has_text="You asked").wait_for()
+    early = len(answer.locator(".body").inner_text())
+    time.sleep(0.8)  # let more tokens stream in; we compare lengths, not time
+    later = len(answer.locator(".body").inner_text())
+    assert later > early > 0
+    shot(page, "1-streaming")
+
+    # finished: citations link to the sources panel
+    answer.locator(".sources").wait_for()
+    assert "Zebra migration" in answer.locator(".sources").inner_text()
+    answer.locator("a.cite").first.click()
+    assert answer.locator(".sources li.flash .snippet").is_visible()
+    shot(page, "2-cited")
+
+    # stop during a long answer
+    ask(page, "[[fake tokens=600 delay=0.05]] Tell me everything about zebra stripes")
+    page.locator("#stop").wait_for(state="visible")
+    last_answer(page).locator(".body").filter(has_text="You asked").wait_for()
+    page.click("#stop")
+    page.locator(".msg.assistant.stopped").wait_for()
+    assert "stopped" in last_answer(page).locator(".status").inner_text()
+    shot(page, "3-stopped")
+
+    # reload: the conversation comes back from the server
+    page.reload()
+    page.wait_for_selector("#connection.ok")
+    page.locator(".msg.assistant").nth(1).wait_for()
+    assert page.locator(".msg.user").count() == 2
+    assert page.locator(".msg.assistant.stopped").count() == 1
+    assert "Where do zebras migrate?" in page.locator(".sidebar").inner_text()
+
+    # server killed and restarted mid-answer: the client reconnects and shows the saved state
+    ask(page, "[[fake tokens=600 delay=0.05]] Zebras again, at length")
+    last_answer(page).locator(".body").filter(has_text="You asked").wait_for()
+    daphne_server.stop()
+    page.locator("#connection.warn").wait_for()
+    shot(page, "4-disconnected")
+    daphne_server.start()
+    page.wait_for_selector("#connection.ok", timeout=30_000)
+    page.locator(".msg.assistant").nth(2).locator(".status").filter(has_text="stopped").wait_for()
+    shot(page, "5-reconnected")
+    ask(page, "Where do zebras migrate?")
+    page.locator(".msg.assistant").nth(3).locator(".sources").wait_for()
+    shot(page, "6-after-restart")
+
+
+@pytest.fixture
+def dave(transactional_db):
+    return make_user("dave")
+
+
+def test_it_sends_a_logged_out_visitor_to_the_login_page(dave, daphne_server, browser):
+    page = browser.new_page()
+    page.goto(daphne_server.url + "/")
+    assert "/login/" in page.url
+    page.fill("#id_username", "dave")
+    page.fill("#id_password", "wrong password")
+    page.click("button[type=submit]")
+    assert "Wrong username or password" in page.inner_text("body")
+    shot(page, "0-login-error")
+    page.close()
