@@ -15,17 +15,19 @@ from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
 from documents.embedding import embed_query
 from documents.search import Hit, search
 
 from . import protocol
 from .actions import Asked, do_finish_answer
+from .breakers import CircuitOpen, breakers
 from .limits import GenerationQueueTimeout, generation_slots
 from .llm import get_provider
 from .llm.base import Generation, LLMError, StreamLimits, guarded
 from .models import Message
-from .prompting import NOT_FOUND_ANSWER, build_messages, retrieval_query
+from .prompting import NOT_FOUND_ANSWER, build_messages, extractive_answer, retrieval_query
 from .rendering import render_answer
 from .streaming import DeltaCoalescer
 
@@ -54,19 +56,31 @@ class Answer:
         return "".join(self.parts)
 
 
+class RetrievalFailed(Exception):
+    """Embedding or search failed, timed out, or its breaker is open; the question stays saved."""
+
+    code = "retrieval_unavailable"
+
+    def __init__(self, detail: str, retry_in: float | None = None) -> None:
+        super().__init__(detail)
+        wait = f" Please retry in {retry_in:.0f} s." if retry_in else " Please retry shortly."
+        self.user_message = "Searching your documents failed (" + detail + "); your question was saved." + wait
+
+
 async def answer_question(user, asked: Asked, send: Send) -> Answer:
     """Produce, stream and persist the answer to ``asked``; returns its final state."""
     answer = Answer(asked)
     provider = get_provider()
     try:
         await _produce(user, answer, provider, send)
-        answer.status = Message.Status.COMPLETE
+        if answer.status != Message.Status.DEGRADED:
+            answer.status = Message.Status.COMPLETE
     except asyncio.CancelledError:
         answer.status = Message.Status.STOPPED
         raise
-    except (LLMError, GenerationQueueTimeout) as exc:
+    except (LLMError, GenerationQueueTimeout, RetrievalFailed) as exc:
         logger.warning("answer %s failed: %s", asked.answer_id, exc)
-        answer.error_code = exc.code
+        answer.status, answer.error_code = Message.Status.FAILED, exc.code
         await send(protocol.error_frame(exc.code, exc.user_message, message_id=asked.answer_id))
     except Exception:
         logger.exception("answer %s failed", asked.answer_id)
@@ -98,14 +112,43 @@ async def _produce(user, answer: Answer, provider, send: Send) -> None:
             return
         await send(protocol.status_frame(asked.answer_id, "generating"))
         messages = build_messages(asked.question, asked.history, hits)
-        await _stream(answer, provider.stream(messages, answer.generation), send)
+        try:
+            async with breakers().guard("llm"):
+                await _stream(answer, provider.stream(messages, answer.generation), send)
+        except (LLMError, CircuitOpen) as exc:
+            if answer.parts:
+                raise  # part of an answer was shown: keep it, marked failed
+            await _degrade(answer, hits, exc, send)
+
+
+async def _degrade(answer: Answer, hits: list[Hit], cause: Exception, send: Send) -> None:
+    """The model is down: answer with the best passages themselves, clearly marked as such."""
+    answer_id = answer.asked.answer_id
+    answer.status = Message.Status.DEGRADED
+    answer.error_code = "llm_circuit_open" if isinstance(cause, CircuitOpen) else cause.code  # type: ignore[attr-defined]
+    if isinstance(cause, LLMError):
+        await send(protocol.error_frame(cause.code, cause.user_message, message_id=answer_id))
+    await send(protocol.status_frame(answer_id, "degraded"))
+    text = extractive_answer(hits)
+    answer.parts = [text]
+    await send(protocol.delta_frame(answer_id, text))
 
 
 async def _retrieve(user, answer: Answer) -> list[Hit]:
     query = retrieval_query(answer.asked.question, answer.asked.history)
-    vector = await embed_query(query)
-    answer.mark("embedding")
-    hits = await database_sync_to_async(search)(user, query, vector)
+    try:
+        async with breakers().guard("embedding"), asyncio.timeout(settings.EMBEDDING_TIMEOUT):
+            vector = await embed_query(query)
+        answer.mark("embedding")
+        async with breakers().guard("retrieval"):
+            hits = await database_sync_to_async(search)(user, query, vector)
+    except CircuitOpen as exc:
+        raise RetrievalFailed(f"{exc.name} is paused after repeated failures", exc.retry_in) from None
+    except TimeoutError:
+        raise RetrievalFailed("the query embedding timed out") from None
+    except DatabaseError as exc:
+        detail = "the search timed out" if "statement timeout" in str(exc) else "the database is unavailable"
+        raise RetrievalFailed(detail) from exc
     answer.mark("retrieval")
     answer.sources = [hit.as_source(n) for n, hit in enumerate(hits, start=1)]
     return hits

@@ -60,6 +60,18 @@ def _page(hit: Hit) -> str:
     return f"page {hit.page}" if hit.page else ""
 
 
+DEGRADED_PREFIX = (
+    "**The language model is unavailable right now**, so here are the most relevant passages "
+    "from your documents instead:"
+)
+
+
+def extractive_answer(hits: list[Hit], limit: int = 3) -> str:
+    """A degraded answer: the best passages themselves, cited, with no generated text."""
+    quotes = [f"> {' '.join(hit.text.split())[:600]} [{n}]" for n, hit in enumerate(hits[:limit], start=1)]
+    return "\n\n".join([DEGRADED_PREFIX, *quotes])
+
+
 def build_messages(question: str, history: list[Turn], hits: list[Hit]) -> list[ChatMessage]:
     messages: list[ChatMessage] = [{"role": "system", "content": SYSTEM_PROMPT}]
     messages += [{"role": turn.role, "content": turn.text} for turn in history]

@@ -288,6 +288,16 @@ LLM_TOTAL_TIMEOUT = env_float("LLM_TOTAL_TIMEOUT", 120.0, minimum=0.1)
 LLM_LOCAL_THREADS = env_int("LLM_LOCAL_THREADS", 2, minimum=1)
 LLM_LOCAL_CONTEXT = env_int("LLM_LOCAL_CONTEXT", 2048, minimum=256)
 
+# --- Timeouts and circuit breakers (resilience) -------------------------------------------------
+EMBEDDING_TIMEOUT = env_float("EMBEDDING_TIMEOUT", 10.0, minimum=0.01)
+RETRIEVAL_TIMEOUT_MS = env_int("RETRIEVAL_TIMEOUT_MS", 5000, minimum=1)
+BREAKER_LLM_THRESHOLD = env_int("BREAKER_LLM_THRESHOLD", 5, minimum=1)
+BREAKER_LLM_TTL = env_float("BREAKER_LLM_TTL", 60.0, minimum=0.1)
+BREAKER_EMBEDDING_THRESHOLD = env_int("BREAKER_EMBEDDING_THRESHOLD", 3, minimum=1)
+BREAKER_EMBEDDING_TTL = env_float("BREAKER_EMBEDDING_TTL", 30.0, minimum=0.1)
+BREAKER_RETRIEVAL_THRESHOLD = env_int("BREAKER_RETRIEVAL_THRESHOLD", 3, minimum=1)
+BREAKER_RETRIEVAL_TTL = env_float("BREAKER_RETRIEVAL_TTL", 30.0, minimum=0.1)
+
 # --- Chat limits ------------------------------------------------------------------------------
 MAX_CONCURRENT_GENERATIONS = env_int("MAX_CONCURRENT_GENERATIONS", 256, minimum=1)
 # The HTTP pool to the LLM must be larger than the generation limit (see DESIGN: the groq SDK's

@@ -92,6 +92,8 @@ def _full_text(chunks, query_text: str):
 
 def _tune_vector_scan() -> None:
     with connection.cursor() as cursor:
+        # A slow search must fail fast rather than hold a pooled connection and the user.
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(settings.RETRIEVAL_TIMEOUT_MS)])
         cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings.HNSW_EF_SEARCH)])
         cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
 

@@ -182,6 +182,7 @@ def close_db_pool_at_end(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         for connection in connections.all():
             connection.close_pool()
+            connection.close()
 
 
 def subprocess_env(**extra) -> dict[str, str]:

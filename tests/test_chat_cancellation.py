@@ -60,7 +60,8 @@ async def test_it_times_out_a_model_that_never_sends_a_token(people, chat_client
         error, _ = await client.until("error")
         finish, _ = await client.until("finish")
     assert error["code"] == "llm_timeout"
-    assert finish["status"] == "failed"
+    assert finish["status"] == "degraded"  # the best passages instead of a generated answer
+    assert "Serengeti" in finish["text"] and finish["error_code"] == "llm_timeout"
     await wait_for(lambda: fake_groq.fake.stats.disconnected == 1)  # the hung request was closed
 
 
@@ -83,4 +84,4 @@ async def test_it_reports_an_llm_http_error(people, chat_client):
         error, _ = await client.until("error")
         finish, _ = await client.until("finish")
     assert error["code"] == "llm_unavailable"
-    assert finish["status"] == "failed"
+    assert finish["status"] == "degraded"

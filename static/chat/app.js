@@ -49,10 +49,12 @@
     a.body.innerHTML = m.html || "";   // sanitised by the server (markdown-it + nh3)
     a.el.classList.toggle("stopped", m.status === "stopped");
     a.el.classList.toggle("failed", m.status === "failed");
+    a.el.classList.toggle("degraded", m.status === "degraded");
     const t = m.timings || {};
     const parts = [];
     if (m.status === "stopped") parts.push("stopped");
     if (m.status === "failed") parts.push("failed" + (m.error_code ? " (" + m.error_code + ")" : ""));
+    if (m.status === "degraded") parts.push("degraded: passages only, the model was unavailable (" + m.error_code + ")");
     if (t.first_token !== undefined) parts.push("first token " + t.first_token.toFixed(2) + " s");
     if (t.total !== undefined) parts.push("total " + t.total.toFixed(2) + " s");
     a.status.textContent = parts.join(" · ");
@@ -100,7 +102,10 @@
     },
     queued(m) { answerView(m.message_id).status.textContent = "waiting for a free slot (position " + m.position + ")…"; },
     start(m) { answerView(m.message_id).status.textContent = "searching your documents…"; },
-    status(m) { answerView(m.message_id).status.textContent = m.stage === "generating" ? "writing…" : m.stage; },
+    status(m) {
+      const labels = { generating: "writing…", degraded: "the model is unavailable: showing the best passages instead" };
+      answerView(m.message_id).status.textContent = labels[m.stage] || m.stage;
+    },
     delta(m) {
       const wasNear = nearBottom();
       const a = answerView(m.message_id);
