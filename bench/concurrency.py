@@ -494,12 +494,25 @@ def machine_busy(seconds: float) -> float:
     return 100 * (machine_cpu_seconds() - before) / seconds
 
 
+def code_version() -> str:
+    """The commit measured, and whether the work tree differed from it."""
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        return f"git {git('rev-parse', '--short', 'HEAD')}" + (" + uncommitted changes" if changed else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+
+
 def print_machine(args: argparse.Namespace, servers: Servers) -> None:
     print(f"machine: nproc={len(os.sched_getaffinity(0))} ({platform.machine()}, {platform.system()} "
           f"{platform.release()}), Python {platform.python_version()}")
     print(f"machine busy before the run: {machine_busy(2.0):.0f}% of one core over 2 s "
           f"(load average {os.getloadavg()[0]:.2f}); other work on this machine skews the numbers")
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"code:    {code_version()}")
     print(f"fake LLM: {shlex.join(servers.groq_cmd)}")
     print(f"server:   {shlex.join(servers.daphne_cmd)}")
     print(f"          with EMBEDDED_PG_DB={BENCH_DB} DB_POOL_MAX={args.db_pool_max} "

@@ -19,6 +19,7 @@ from django.db import DatabaseError
 
 from documents.embedding import embed_query
 from documents.search import Hit, search
+from monitoring import metrics
 
 from . import protocol
 from .actions import Asked, do_finish_answer
@@ -27,7 +28,12 @@ from .limits import GenerationQueueTimeout, generation_slots
 from .llm import get_provider
 from .llm.base import Generation, LLMError, StreamLimits, guarded
 from .models import Message
-from .prompting import NOT_FOUND_ANSWER, build_messages, extractive_answer, retrieval_query
+from .prompting import (
+    NOT_FOUND_ANSWER,
+    build_messages,
+    extractive_answer,
+    retrieval_query,
+)
 from .rendering import render_answer
 from .streaming import DeltaCoalescer
 
@@ -42,6 +48,7 @@ class Answer:
     asked: Asked
     started: float = field(default_factory=time.monotonic)
     parts: list[str] = field(default_factory=list)
+    deltas: int = 0
     sources: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     generation: Generation = field(default_factory=Generation)
@@ -92,6 +99,7 @@ async def answer_question(user, asked: Asked, send: Send) -> Answer:
         answer.mark("total")
         # Shielded: a second cancel (server shutting down) must not lose the final state.
         await asyncio.shield(_persist(answer, provider))
+        metrics.record_answer(answer.status, answer.timings, answer.deltas)
         await send(_finish(answer))
     return answer
 
@@ -103,6 +111,7 @@ async def _produce(user, answer: Answer, provider, send: Send) -> None:
         await send(protocol.queued_frame(asked.answer_id, position))
 
     async with generation_slots().slot(settings.GENERATION_QUEUE_TIMEOUT, tell_position):
+        answer.mark("slot")
         await send(protocol.start_frame(asked.answer_id, provider.name, provider.model))
         hits = await _retrieve(user, answer)
         if not _has_relevant(hits):
@@ -170,6 +179,7 @@ async def _stream(answer: Answer, deltas, send: Send) -> None:
             if not answer.parts:
                 answer.mark("first_token")
             answer.parts.append(delta)
+            answer.deltas += 1
             out.add(delta)
 
 

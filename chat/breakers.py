@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from django.conf import settings
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import Context, OpenedState
-from purgatory.service._async.unit_of_work import AsyncInMemoryUnitOfWork, AsyncRedisUnitOfWork
+from purgatory.service._async.unit_of_work import (
+    AsyncInMemoryUnitOfWork,
+    AsyncRedisUnitOfWork,
+)
 
 from common.aio import per_loop
 

@@ -13,6 +13,8 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from monitoring import live, metrics
+
 from . import protocol
 from .actions import Asked, NotFound, do_record_question, load_answer
 from .answering import answer_question, finish_frame_for
@@ -35,6 +37,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user = user
         await self.accept()
+        live.connection_opened()
+        self.counted = True
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -48,6 +52,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self._stop_answers()
 
     async def _stop_answers(self) -> None:
+        if getattr(self, "counted", False):
+            self.counted = False
+            live.connection_closed()
         self.closed = True
         tasks = list(getattr(self, "tasks", {}).values())
         for task in tasks:
@@ -124,6 +131,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def send_frame(self, frame: dict) -> None:
         """Send unless the client has gone; a vanished client is not an error for the answer."""
+        if frame["type"] == "error":
+            metrics.record_error(frame["code"])
         if self.closed:
             return
         try:

@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "channels",
+    "django_prometheus",
     "django_tasks",
     "django_tasks_db",
     "documents",
@@ -122,6 +123,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -130,6 +132,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -297,6 +300,12 @@ BREAKER_EMBEDDING_THRESHOLD = env_int("BREAKER_EMBEDDING_THRESHOLD", 3, minimum=
 BREAKER_EMBEDDING_TTL = env_float("BREAKER_EMBEDDING_TTL", 30.0, minimum=0.1)
 BREAKER_RETRIEVAL_THRESHOLD = env_int("BREAKER_RETRIEVAL_THRESHOLD", 3, minimum=1)
 BREAKER_RETRIEVAL_TTL = env_float("BREAKER_RETRIEVAL_TTL", 30.0, minimum=0.1)
+
+# --- Monitoring alerts ------------------------------------------------------------------------
+ALERT_POOL_USE = env_float("ALERT_POOL_USE", 0.8)  # fraction of DB_POOL_MAX in use
+ALERT_QUEUE_DEPTH = env_int("ALERT_QUEUE_DEPTH", 10)
+ALERT_LOOP_LAG_MS = env_float("ALERT_LOOP_LAG_MS", 100.0)
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)  # else /metrics is for staff (or a scraper on loopback)
 
 # --- Chat limits ------------------------------------------------------------------------------
 MAX_CONCURRENT_GENERATIONS = env_int("MAX_CONCURRENT_GENERATIONS", 256, minimum=1)

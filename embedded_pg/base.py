@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.db.backends.postgresql.base import DatabaseWrapper as PostgresDatabaseWrapper
+from django.db.backends.postgresql.base import (
+    DatabaseWrapper as PostgresDatabaseWrapper,
+)
 
 from .server import ensure_running
 

@@ -1,18 +1,30 @@
-"""Liveness and readiness probes."""
+"""Health probes, the staff dashboard and its JSON API."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.db import connection
-from django.http import JsonResponse
-from django.views.decorators.http import require_GET
+from django.http import HttpResponseForbidden, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_prometheus.exports import ExportToDjangoView
 
+from chat.breakers import NAMES, breakers
 from documents import embedding
+
+from .summary import build_summary, refresh_gauges
 
 logger = logging.getLogger(__name__)
 
 
+# --- probes -------------------------------------------------------------------------------------
 @require_GET
 def healthz(request):
     """The process is alive and serving requests (no dependency is checked)."""
@@ -21,8 +33,11 @@ def healthz(request):
 
 @require_GET
 def readyz(request):
-    """Ready to serve chats: database reachable, pgvector installed, embedding model loadable."""
+    """Ready to serve chats: database reachable, pgvector installed, embedding model loadable,
+    Redis answering (when configured)."""
     checks = {"database": _check_database(), "pgvector": _check_pgvector(), "embedding_model": _check_model()}
+    if settings.REDIS_URL:
+        checks["redis"] = _check_redis()
     ready = all(check["ok"] for check in checks.values())
     return JsonResponse({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
 
@@ -33,7 +48,7 @@ def _check_database() -> dict:
             cursor.execute("SELECT 1")
         return {"ok": True}
     except Exception as exc:
-        logger.warning("readiness: database unreachable: %s", exc)
+        logger.warning("readiness: database unreachable: %s", type(exc).__name__)
         return {"ok": False, "error": f"database unreachable ({type(exc).__name__})"}
 
 
@@ -57,3 +72,73 @@ def _check_model() -> dict:
     except RuntimeError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True, "loaded": False, "path": path}
+
+
+def _check_redis() -> dict:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client.ping()
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": f"redis unreachable ({type(exc).__name__})"}
+
+
+# --- staff-only dashboard and API ------------------------------------------------------------------
+def staff_only(view):
+    """Async views for staff; others get 403 (API) or the admin login (pages)."""
+
+    @functools.wraps(view)
+    async def wrapper(request, *args, **kwargs):
+        user = await request.auser()
+        if user.is_active and user.is_staff:
+            return await view(request, *args, **kwargs)
+        if request.path.startswith("/monitoring/api/"):
+            return JsonResponse({"error": "staff only"}, status=403)
+        return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+
+    return wrapper
+
+
+@staff_only
+async def dashboard(request):
+    summary = await build_summary()
+    return await sync_to_async(render)(request, "monitoring/dashboard.html", {"summary": summary, "title": "Monitoring"})
+
+
+SECTIONS = {"summary", "pool", "breakers", "streams", "jobs", "alerts"}
+
+
+@staff_only
+async def api(request, section: str = "summary"):
+    if section not in SECTIONS:
+        return JsonResponse({"error": f"unknown section {section!r}"}, status=404)
+    summary = await build_summary()
+    return JsonResponse(summary if section == "summary" else {section: summary[section]})
+
+
+@require_POST
+@staff_only
+async def reset_breaker(request, name: str):
+    if name not in NAMES:
+        return JsonResponse({"error": f"unknown breaker {name!r}"}, status=404)
+    await breakers().reset(name)
+    logger.warning("circuit breaker %s reset by %s", name, (await request.auser()).username)
+    return JsonResponse({"reset": name, "breakers": await breakers().describe()})
+
+
+async def metrics_view(request):
+    """Prometheus exposition: public if METRICS_PUBLIC, else staff or a scraper on loopback."""
+    user = await request.auser()
+    if not (settings.METRICS_PUBLIC or user.is_staff or _is_loopback(request.META.get("REMOTE_ADDR", ""))):
+        return HttpResponseForbidden("metrics are for staff or a local scraper")
+    await refresh_gauges()
+    return await sync_to_async(ExportToDjangoView)(request)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

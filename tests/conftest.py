@@ -117,7 +117,7 @@ class ChatClient:
 
     async def __aenter__(self) -> ChatClient:
         self.communicator = await communicator_for(self.user)
-        connected, _ = await self.communicator.connect()
+        connected, _ = await self.communicator.connect(timeout=30)
         assert connected
         return self
 
@@ -229,7 +229,7 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "LiveServer":
+    def start(self) -> LiveServer:
         import subprocess
         import sys
         import time

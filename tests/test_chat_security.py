@@ -1,6 +1,7 @@
 """Login required, Origin checked, and nobody reads another user's documents."""
 
 import pytest
+
 from documents.embedding import encode
 from documents.search import search, text_search, vector_search
 from tests.conftest import communicator_for

@@ -109,7 +109,11 @@ async def test_it_times_out_a_slow_retrieval_and_keeps_the_loop_responsive(peopl
     assert question.text == "Where do zebras migrate?"  # the question was kept
 
 
-async def test_it_persists_every_question_with_a_final_status_under_load_and_failures(people, chat_client, fake_groq):
+async def test_it_persists_every_question_with_a_final_status_under_load_and_failures(
+    people, chat_client, fake_groq, settings
+):
+    settings.MAX_GENERATIONS_PER_USER = 100  # one user, 50 tabs
+
     async def chat(i):
         async with chat_client(people["alice"]) as client:
             mode = "mode=error" if i % 5 == 0 else "mode=ok"  # 20 % of requests fail

@@ -15,7 +15,14 @@ from django.conf import settings
 
 from common.aio import per_loop
 
-from .base import ChatMessage, Generation, LLMError, LLMStreamCut, LLMTimeout, LLMUnavailable
+from .base import (
+    ChatMessage,
+    Generation,
+    LLMError,
+    LLMStreamCut,
+    LLMTimeout,
+    LLMUnavailable,
+)
 
 client_creations = 0  # tests assert the client is created once per event loop
 

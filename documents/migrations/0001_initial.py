@@ -5,10 +5,10 @@ import django.contrib.postgres.search
 import django.db.models.deletion
 import pgvector.django.indexes
 import pgvector.django.vector
-
-import documents.operations
 from django.conf import settings
 from django.db import migrations, models
+
+import documents.operations
 
 
 class Migration(migrations.Migration):

@@ -1,0 +1,114 @@
+"""Live figures of this server process: open connections, event-loop lag, DB pool, and one hour of
+samples for the dashboard's charts. A sampler task runs on the server's event loop, started by
+the first chat connection or dashboard view (never at import)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from django.conf import settings
+from django.db import connections
+
+from chat.limits import generation_slots
+from common.aio import per_loop
+
+from . import metrics
+
+SAMPLE_EVERY = 10.0  # seconds between chart points: 360 points = one hour
+LAG_PROBE_EVERY = 0.5
+
+websocket_connections = 0
+
+
+def connection_opened() -> None:
+    global websocket_connections
+    websocket_connections += 1
+    metrics.ACTIVE_CONNECTIONS.set(websocket_connections)
+    sampler().ensure_running()
+
+
+def connection_closed() -> None:
+    global websocket_connections
+    websocket_connections = max(0, websocket_connections - 1)
+    metrics.ACTIVE_CONNECTIONS.set(websocket_connections)
+
+
+def pool_stats() -> dict:
+    """psycopg_pool's own figures for the default database (zeros before the first connection)."""
+    pool = connections["default"].pool
+    if pool is None:
+        return {"enabled": False}
+    stats = pool.get_stats()
+    size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    return {
+        "enabled": True,
+        "min": pool.min_size,
+        "max": pool.max_size,
+        "size": size,
+        "idle": available,
+        "in_use": size - available,
+        "waiting": stats.get("requests_waiting", 0),
+        "requests": stats.get("requests_num", 0),
+        "timeouts": stats.get("requests_errors", 0),
+        "timeout_seconds": settings.DB_POOL_TIMEOUT,
+    }
+
+
+class Sampler:
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.lag = 0.0
+        self.max_lag = 0.0
+        self.samples: deque[dict] = deque(maxlen=360)
+        self._answers_seen = 0
+        self._errors_seen = 0
+
+    def ensure_running(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        next_sample = time.monotonic()
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_PROBE_EVERY)  # the probe: how late does the loop wake us?
+            self.lag = max(0.0, time.monotonic() - before - LAG_PROBE_EVERY)
+            self.max_lag = max(self.max_lag, self.lag)
+            metrics.LOOP_LAG.set(self.lag)
+            if time.monotonic() >= next_sample:
+                self.samples.append(self.snapshot())
+                next_sample += SAMPLE_EVERY
+
+    def snapshot(self, record: bool = True) -> dict:
+        """One chart point; also refreshes the gauges Prometheus scrapes. ``record=False`` only
+        refreshes the gauges (the answer and error counts of the next point stay whole)."""
+        pool = pool_stats()
+        slots = generation_slots()
+        answers = metrics.answers_finished
+        errors = sum(metrics.errors_by_code.values())
+        point = {
+            "t": round(time.time(), 1),
+            "pool_in_use": pool.get("in_use", 0),
+            "pool_waiting": pool.get("waiting", 0),
+            "active_generations": slots.active,
+            "queued": slots.queued,
+            "loop_lag_ms": round(self.lag * 1000, 1),
+            "answers": answers - self._answers_seen,
+            "errors": errors - self._errors_seen,
+            "p95_total": metrics.rolling["total"].summary()["p95"],
+            "p95_first_token": metrics.rolling["first_token"].summary()["p95"],
+            "tokens": metrics.tokens_streamed,
+        }
+        if record:
+            self._answers_seen, self._errors_seen = answers, errors
+        metrics.POOL_SIZE.set(pool.get("size", 0))
+        metrics.POOL_IN_USE.set(pool.get("in_use", 0))
+        metrics.POOL_WAITING.set(pool.get("waiting", 0))
+        metrics.ACTIVE_GENERATIONS.set(slots.active)
+        metrics.QUEUE_DEPTH.set(slots.queued)
+        return point
+
+
+sampler = per_loop(Sampler)

@@ -1,0 +1,92 @@
+"""Our Prometheus metrics (exported with django-prometheus' own at /metrics) and the in-process
+rolling figures the dashboard shows (p50/p95 over 5 minutes, one hour of samples for charts).
+
+The hot path only calls the small ``record_*`` functions: a histogram observation and an append.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as PyCounter
+from collections import deque
+from statistics import quantiles
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+WINDOW_SECONDS = 300
+
+TIME_TO_FIRST_TOKEN = Histogram("docchat_time_to_first_token_seconds", "Question to first answer token", buckets=LATENCY_BUCKETS)
+ANSWER_TOTAL = Histogram("docchat_answer_seconds", "Question to finished answer", buckets=LATENCY_BUCKETS)
+RETRIEVAL = Histogram("docchat_retrieval_seconds", "Hybrid search time", buckets=LATENCY_BUCKETS)
+EMBEDDING = Histogram("docchat_query_embedding_seconds", "Query embedding time", buckets=LATENCY_BUCKETS)
+TOKENS = Counter("docchat_tokens_streamed_total", "Answer deltas streamed to clients")
+ANSWERS = Counter("docchat_answers_total", "Finished answers by status", ["status"])
+ERRORS = Counter("docchat_errors_total", "Error frames sent, by code", ["code"])
+INGESTED_CHUNKS = Counter("docchat_ingested_chunks_total", "Chunks embedded and stored by ingestion")
+ACTIVE_CONNECTIONS = Gauge("docchat_websocket_connections", "Open chat WebSocket connections")
+ACTIVE_GENERATIONS = Gauge("docchat_active_generations", "Answers holding a generation slot")
+QUEUE_DEPTH = Gauge("docchat_generation_queue_depth", "Answers waiting for a generation slot")
+LOOP_LAG = Gauge("docchat_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer (last sample)")
+POOL_SIZE = Gauge("docchat_db_pool_size", "Connections the pool holds")
+POOL_IN_USE = Gauge("docchat_db_pool_in_use", "Pool connections lent out")
+POOL_WAITING = Gauge("docchat_db_pool_waiting", "Requests waiting for a pool connection")
+BREAKER_OPEN = Gauge("docchat_circuit_breaker_open", "1 if the breaker is open (or half-open), else 0", ["name"])
+
+
+class Rolling:
+    """Recent observations (time, value) for percentiles over the last ``WINDOW_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.values: deque[tuple[float, float]] = deque(maxlen=20_000)
+
+    def add(self, value: float) -> None:
+        self.values.append((time.time(), value))
+
+    def summary(self) -> dict:
+        cutoff = time.time() - WINDOW_SECONDS
+        recent = sorted(v for t, v in self.values if t >= cutoff)
+        if not recent:
+            return {"count": 0, "p50": None, "p95": None}
+        if len(recent) == 1:
+            return {"count": 1, "p50": round(recent[0], 4), "p95": round(recent[0], 4)}
+        cuts = quantiles(recent, n=100, method="inclusive")
+        return {"count": len(recent), "p50": round(cuts[49], 4), "p95": round(cuts[94], 4)}
+
+
+rolling = {name: Rolling() for name in ("first_token", "total", "retrieval", "embedding")}
+errors_by_code: PyCounter[str] = PyCounter()
+tokens_streamed = 0
+answers_finished = 0
+
+
+def record_answer(status: str, timings: dict[str, float], deltas: int) -> None:
+    """One finished answer: its status, stage timings (seconds since the question) and deltas."""
+    global tokens_streamed, answers_finished
+    answers_finished += 1
+    ANSWERS.labels(status).inc()
+    TOKENS.inc(deltas)
+    tokens_streamed += deltas
+    if "first_token" in timings:
+        TIME_TO_FIRST_TOKEN.observe(timings["first_token"])
+        rolling["first_token"].add(timings["first_token"])
+    if "total" in timings:
+        ANSWER_TOTAL.observe(timings["total"])
+        rolling["total"].add(timings["total"])
+    if "embedding" in timings and "slot" in timings:
+        took = timings["embedding"] - timings["slot"]
+        EMBEDDING.observe(took)
+        rolling["embedding"].add(took)
+    if "retrieval" in timings and "embedding" in timings:
+        took = timings["retrieval"] - timings["embedding"]
+        RETRIEVAL.observe(took)
+        rolling["retrieval"].add(took)
+
+
+def record_error(code: str) -> None:
+    ERRORS.labels(code).inc()
+    errors_by_code[code] += 1
+
+
+def latency_summary() -> dict:
+    return {name: window.summary() for name, window in rolling.items()}
