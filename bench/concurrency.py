@@ -72,15 +72,40 @@ QUESTIONS = [
 # --- command line -----------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="1,10,50,100,200", help="comma-separated concurrency levels")
+    parser.add_argument(
+        "--levels", default="1,10,50,100,200", help="comma-separated concurrency levels"
+    )
     parser.add_argument("--tokens", type=int, default=50, help="tokens per fake answer")
-    parser.add_argument("--delay", type=float, default=0.02, help="seconds between fake tokens")
-    parser.add_argument("--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne")
-    parser.add_argument("--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS")
-    parser.add_argument("--solo-runs", type=int, default=5, help="sequential runs of level 1 (the baseline)")
-    parser.add_argument("--answer-timeout", type=float, default=60.0, help="seconds one client waits for finish")
-    parser.add_argument("--connect-timeout", type=float, default=20.0, help="seconds to open one WebSocket")
-    parser.add_argument("--log-dir", default="/tmp", help="where daphne's and the fake server's logs go")
+    parser.add_argument(
+        "--delay", type=float, default=0.02, help="seconds between fake tokens"
+    )
+    parser.add_argument(
+        "--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne"
+    )
+    parser.add_argument(
+        "--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS"
+    )
+    parser.add_argument(
+        "--solo-runs",
+        type=int,
+        default=5,
+        help="sequential runs of level 1 (the baseline)",
+    )
+    parser.add_argument(
+        "--answer-timeout",
+        type=float,
+        default=60.0,
+        help="seconds one client waits for finish",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=20.0,
+        help="seconds to open one WebSocket",
+    )
+    parser.add_argument(
+        "--log-dir", default="/tmp", help="where daphne's and the fake server's logs go"
+    )
     args = parser.parse_args()
     args.levels = [int(level) for level in args.levels.split(",") if level.strip()]
     if not args.levels or min(args.levels) < 1:
@@ -136,7 +161,9 @@ def ensure_documents(owner) -> None:
     from documents.ingest import do_ingest_file
     from documents.models import Collection
 
-    collection, _ = Collection.objects.get_or_create(name=COLLECTION, defaults={"owner": owner, "is_public": True})
+    collection, _ = Collection.objects.get_or_create(
+        name=COLLECTION, defaults={"owner": owner, "is_public": True}
+    )
     with tempfile.TemporaryDirectory(prefix="docchat-bench-") as folder:
         for name, text in DOCS.items():
             path = Path(folder) / name
@@ -164,7 +191,9 @@ def free_port() -> int:
 
 def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "wb") as log:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -172,7 +201,9 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode} before {url} answered"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -197,7 +228,9 @@ def stop(process: subprocess.Popen | None) -> None:
 
 def http_json(url: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
@@ -230,7 +263,9 @@ class Servers:
 
     def reset_llm_stats(self, args: argparse.Namespace) -> None:
         http_json(f"{self.groq_url}/_reset", {})
-        http_json(f"{self.groq_url}/_config", {"tokens": args.tokens, "delay": args.delay})
+        http_json(
+            f"{self.groq_url}/_config", {"tokens": args.tokens, "delay": args.delay}
+        )
 
     def llm_stats(self) -> dict:
         return http_json(f"{self.groq_url}/_stats")
@@ -243,9 +278,25 @@ def plan_servers(args: argparse.Namespace) -> Servers:
     return Servers(
         groq_port=groq_port,
         daphne_port=daphne_port,
-        groq_cmd=[str(BIN / "python"), "-m", "tests.fakes.groq_server", "--port", str(groq_port),
-                  "--tokens", str(args.tokens), "--delay", str(args.delay)],
-        daphne_cmd=[str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(daphne_port), "config.asgi:application"],
+        groq_cmd=[
+            str(BIN / "python"),
+            "-m",
+            "tests.fakes.groq_server",
+            "--port",
+            str(groq_port),
+            "--tokens",
+            str(args.tokens),
+            "--delay",
+            str(args.delay),
+        ],
+        daphne_cmd=[
+            str(BIN / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(daphne_port),
+            "config.asgi:application",
+        ],
         groq_log=log_dir / f"docchat-bench-{stamp}-groq.log",
         daphne_log=log_dir / f"docchat-bench-{stamp}-daphne.log",
     )
@@ -265,7 +316,9 @@ def daphne_env(args: argparse.Namespace, servers: Servers) -> dict[str, str]:
 def start_servers(args: argparse.Namespace, servers: Servers) -> None:
     servers.groq = spawn(servers.groq_cmd, bench_env(), servers.groq_log)
     wait_http(f"{servers.groq_url}/_stats", servers.groq, timeout=30)
-    servers.daphne = spawn(servers.daphne_cmd, daphne_env(args, servers), servers.daphne_log)
+    servers.daphne = spawn(
+        servers.daphne_cmd, daphne_env(args, servers), servers.daphne_log
+    )
     wait_http(f"{servers.daphne_url}/healthz", servers.daphne, timeout=90)
 
 
@@ -274,21 +327,32 @@ def start_servers(args: argparse.Namespace, servers: Servers) -> None:
 class Result:
     question: str
     connect: float | None = None  # seconds to open the WebSocket
-    ack: float | None = None  # seconds from ask to the ack frame (the question is stored)
+    ack: float | None = (
+        None  # seconds from ask to the ack frame (the question is stored)
+    )
     first_token: float | None = None  # seconds from ask to the first delta frame
     total: float | None = None  # seconds from ask to the finish frame
     errors: list[str] = field(default_factory=list)
-    server: dict[str, float] = field(default_factory=dict)  # the finish frame's timings (from after ack)
+    server: dict[str, float] = field(
+        default_factory=dict
+    )  # the finish frame's timings (from after ack)
 
 
-async def open_socket(url: str, origin: str, cookie: str, timeout: float, result: Result):
+async def open_socket(
+    url: str, origin: str, cookie: str, timeout: float, result: Result
+):
     from websockets.asyncio.client import connect
 
     started = time.perf_counter()
     try:
         socket_ = await connect(
-            url, origin=origin, additional_headers={"Cookie": cookie}, open_timeout=timeout,
-            proxy=None, max_size=2**22, close_timeout=2,
+            url,
+            origin=origin,
+            additional_headers={"Cookie": cookie},
+            open_timeout=timeout,
+            proxy=None,
+            max_size=2**22,
+            close_timeout=2,
         )
     except Exception as exc:  # refused, handshake rejected, timeout
         result.errors.append(f"connect: {type(exc).__name__}")
@@ -299,7 +363,12 @@ async def open_socket(url: str, origin: str, cookie: str, timeout: float, result
 
 async def ask(socket_, result: Result, timeout: float) -> None:
     """Send the question, read frames until ``finish``; fill ``result``."""
-    frame = {"type": "ask", "conversation_id": None, "text": result.question, "client_id": str(uuid.uuid4())}
+    frame = {
+        "type": "ask",
+        "conversation_id": None,
+        "text": result.question,
+        "client_id": str(uuid.uuid4()),
+    }
     answer_id = None
     started = time.perf_counter()
     try:
@@ -311,8 +380,12 @@ async def ask(socket_, result: Result, timeout: float) -> None:
                 if kind == "ack":
                     result.ack = time.perf_counter() - started
                     answer_id = reply.get("answer_id")
-                elif kind in ("delta", "finish") and reply.get("message_id") != answer_id:
-                    note(result, "crossover")  # a frame of another answer on this socket
+                elif (
+                    kind in ("delta", "finish") and reply.get("message_id") != answer_id
+                ):
+                    note(
+                        result, "crossover"
+                    )  # a frame of another answer on this socket
                 if kind == "delta" and result.first_token is None:
                     result.first_token = time.perf_counter() - started
                 elif kind == "error":
@@ -333,9 +406,13 @@ def check_finish(frame: dict, result: Result) -> None:
     if frame.get("status") != "complete":
         result.errors.append(f"finish status: {frame.get('status')}")
     elif text.startswith("I could not find"):
-        result.errors.append("not found (retrieval found nothing, the LLM was not called)")
+        result.errors.append(
+            "not found (retrieval found nothing, the LLM was not called)"
+        )
     elif f"«{result.question}»" not in text:
-        note(result, "crossover")  # not this client's own answer (the fake LLM echoes it)
+        note(
+            result, "crossover"
+        )  # not this client's own answer (the fake LLM echoes it)
 
 
 def note(result: Result, error: str) -> None:
@@ -343,7 +420,9 @@ def note(result: Result, error: str) -> None:
         result.errors.append(error)
 
 
-async def client(url: str, origin: str, cookie: str, go: asyncio.Event, result: Result, args) -> None:
+async def client(
+    url: str, origin: str, cookie: str, go: asyncio.Event, result: Result, args
+) -> None:
     """One user: connect, wait for the start signal, ask, close."""
     socket_ = await open_socket(url, origin, cookie, args.connect_timeout, result)
     try:
@@ -355,18 +434,23 @@ async def client(url: str, origin: str, cookie: str, go: asyncio.Event, result: 
             await socket_.close()
 
 
-async def run_level(n: int, cookies: list[str], servers: Servers, args, tag: str = "") -> list[Result]:
+async def run_level(
+    n: int, cookies: list[str], servers: Servers, args, tag: str = ""
+) -> list[Result]:
     """N clients connect, wait for every other one, then all ask at once."""
     url = f"ws://127.0.0.1:{servers.daphne_port}/ws/chat/"
     origin = servers.daphne_url
     go = asyncio.Event()
     results = [Result(f"{QUESTIONS[i % len(QUESTIONS)]} #{tag}{i}") for i in range(n)]
     tasks = [
-        asyncio.create_task(client(url, origin, cookies[i], go, results[i], args)) for i in range(n)
+        asyncio.create_task(client(url, origin, cookies[i], go, results[i], args))
+        for i in range(n)
     ]
     await wait_until_connected(results, args.connect_timeout + 5)
     go.set()
-    _, pending = await asyncio.wait(tasks, timeout=args.answer_timeout + args.connect_timeout + 15)
+    _, pending = await asyncio.wait(
+        tasks, timeout=args.answer_timeout + args.connect_timeout + 15
+    )
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -404,7 +488,9 @@ def cpu_seconds(pid: int) -> float:
 
 def machine_cpu_seconds() -> float:
     """Busy CPU time of the whole machine so far (all cores, idle and iowait excluded)."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split()[1:9]
+    )
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
@@ -420,7 +506,10 @@ class CpuMeter:
 
     def percent(self) -> dict[str, float]:
         wall = time.monotonic() - self.start
-        used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
+        used = {
+            name: cpu_seconds(pid) - self.before[name]
+            for name, pid in self.pids.items()
+        }
         used["machine"] = machine_cpu_seconds() - self.machine_before
         return {name: 100 * seconds / wall for name, seconds in used.items()}
 
@@ -434,10 +523,16 @@ class LevelSummary:
     cpu: dict[str, float] = field(default_factory=dict)
 
     def ok(self, attr: str) -> list[float]:
-        return [getattr(r, attr) for r in self.results if not r.errors and getattr(r, attr) is not None]
+        return [
+            getattr(r, attr)
+            for r in self.results
+            if not r.errors and getattr(r, attr) is not None
+        ]
 
     def server(self, stage: str) -> list[float]:
-        return [r.server[stage] for r in self.results if not r.errors and stage in r.server]
+        return [
+            r.server[stage] for r in self.results if not r.errors and stage in r.server
+        ]
 
     @property
     def errors(self) -> int:
@@ -456,22 +551,28 @@ def print_table(summaries: list[LevelSummary]) -> None:
     'machine' is all of it: ours, Postgres's and any other work running meanwhile)."""
     solo = next((s for s in summaries if s.n == 1), None)
     baseline = percentile(solo.ok("total"), 50) if solo else None
-    header = (f"{'N':>4} {'runs':>4} {'answers':>7} {'errors':>6} {'ttft p50':>9} {'ttft p95':>9} "
-              f"{'total p50':>10} {'total p95':>10} {'p95/p50(1)':>10} {'connect p95':>11} {'llm peak':>8}"
-              f"  cpu% daphne/llm/clients/machine")
+    header = (
+        f"{'N':>4} {'runs':>4} {'answers':>7} {'errors':>6} {'ttft p50':>9} {'ttft p95':>9} "
+        f"{'total p50':>10} {'total p95':>10} {'p95/p50(1)':>10} {'connect p95':>11} {'llm peak':>8}"
+        f"  cpu% daphne/llm/clients/machine"
+    )
     print(header)
     print("-" * len(header))
     for s in summaries:
         p95 = percentile(s.ok("total"), 95)
         ratio = f"{p95 / baseline:.2f}" if p95 is not None and baseline else "-"
-        print(f"{s.n:>4} {s.runs:>4} {len(s.results):>7} {s.errors:>6} {fmt(percentile(s.ok('first_token'), 50)):>9} "
-              f"{fmt(percentile(s.ok('first_token'), 95)):>9} {fmt(percentile(s.ok('total'), 50)):>10} "
-              f"{fmt(p95):>10} {ratio:>10} {fmt(percentile(s.ok('connect'), 95)):>11} {s.llm_peak:>8}"
-              f"  {'/'.join(f'{s.cpu[k]:.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}")
+        print(
+            f"{s.n:>4} {s.runs:>4} {len(s.results):>7} {s.errors:>6} {fmt(percentile(s.ok('first_token'), 50)):>9} "
+            f"{fmt(percentile(s.ok('first_token'), 95)):>9} {fmt(percentile(s.ok('total'), 50)):>10} "
+            f"{fmt(p95):>10} {ratio:>10} {fmt(percentile(s.ok('connect'), 95)):>11} {s.llm_peak:>8}"
+            f"  {'/'.join(f'{s.cpu[k]:.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}"
+        )
     print_breakdown(summaries)
     for s in summaries:
         if s.errors:
-            kinds = ", ".join(f"{kind} x{count}" for kind, count in s.error_kinds().most_common())
+            kinds = ", ".join(
+                f"{kind} x{count}" for kind, count in s.error_kinds().most_common()
+            )
             print(f"  N={s.n}: {kinds}")
 
 
@@ -482,10 +583,17 @@ def print_breakdown(summaries: list[LevelSummary]) -> None:
     """Where the time goes, p50 per level: ack as the client saw it, then the server's own timings
     (``chat.answering``; they count from the answer task's start, just after the ack is sent)."""
     print()
-    print("p50 breakdown:  N   ack (question stored)  server: " + "  ".join(f"{s:>11}" for s in SERVER_STAGES))
+    print(
+        "p50 breakdown:  N   ack (question stored)  server: "
+        + "  ".join(f"{s:>11}" for s in SERVER_STAGES)
+    )
     for s in summaries:
-        stages = "  ".join(f"{fmt(percentile(s.server(stage), 50)):>11}" for stage in SERVER_STAGES)
-        print(f"             {s.n:>4}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}")
+        stages = "  ".join(
+            f"{fmt(percentile(s.server(stage), 50)):>11}" for stage in SERVER_STAGES
+        )
+        print(
+            f"             {s.n:>4}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}"
+        )
 
 
 def machine_busy(seconds: float) -> float:
@@ -496,48 +604,71 @@ def machine_busy(seconds: float) -> float:
 
 def code_version() -> str:
     """The commit measured, and whether the work tree differed from it."""
+
     def git(*command: str) -> str:
-        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
 
     try:
         changed = git("status", "--porcelain", "--untracked-files=no")
-        return f"git {git('rev-parse', '--short', 'HEAD')}" + (" + uncommitted changes" if changed else "")
+        return f"git {git('rev-parse', '--short', 'HEAD')}" + (
+            " + uncommitted changes" if changed else ""
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
 
 
 def print_machine(args: argparse.Namespace, servers: Servers) -> None:
-    print(f"machine: nproc={len(os.sched_getaffinity(0))} ({platform.machine()}, {platform.system()} "
-          f"{platform.release()}), Python {platform.python_version()}")
-    print(f"machine busy before the run: {machine_busy(2.0):.0f}% of one core over 2 s "
-          f"(load average {os.getloadavg()[0]:.2f}); other work on this machine skews the numbers")
+    print(
+        f"machine: nproc={len(os.sched_getaffinity(0))} ({platform.machine()}, {platform.system()} "
+        f"{platform.release()}), Python {platform.python_version()}"
+    )
+    print(
+        f"machine busy before the run: {machine_busy(2.0):.0f}% of one core over 2 s "
+        f"(load average {os.getloadavg()[0]:.2f}); other work on this machine skews the numbers"
+    )
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"code:    {code_version()}")
     print(f"fake LLM: {shlex.join(servers.groq_cmd)}")
     print(f"server:   {shlex.join(servers.daphne_cmd)}")
-    print(f"          with EMBEDDED_PG_DB={BENCH_DB} DB_POOL_MAX={args.db_pool_max} "
-          f"MAX_CONCURRENT_GENERATIONS={args.max_generations} LLM_PROVIDER=groq GROQ_MODEL=fake-model")
+    print(
+        f"          with EMBEDDED_PG_DB={BENCH_DB} DB_POOL_MAX={args.db_pool_max} "
+        f"MAX_CONCURRENT_GENERATIONS={args.max_generations} LLM_PROVIDER=groq GROQ_MODEL=fake-model"
+    )
 
 
 # --- the run ---------------------------------------------------------------------------------
-async def measure(args, servers: Servers, cookies: list[str], summaries: list[LevelSummary]) -> None:
+async def measure(
+    args, servers: Servers, cookies: list[str], summaries: list[LevelSummary]
+) -> None:
     """Warm up (loads the embedding model), then each level in turn; appends to ``summaries`` so
     the levels measured so far survive a failure."""
     warm = await run_level(1, cookies, servers, args, tag="warmup-")
     if warm[0].errors:
-        raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})")
+        raise RuntimeError(
+            f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})"
+        )
     for n in args.levels:
         servers.reset_llm_stats(args)
         runs = args.solo_runs if n == 1 else 1
         results: list[Result] = []
         peak = 0
-        cpu = CpuMeter({"daphne": servers.daphne.pid, "llm": servers.groq.pid, "clients": os.getpid()})
+        cpu = CpuMeter(
+            {
+                "daphne": servers.daphne.pid,
+                "llm": servers.groq.pid,
+                "clients": os.getpid(),
+            }
+        )
         for run in range(runs):
             results += await run_level(n, cookies, servers, args, tag=f"{n}.{run}-")
             peak = max(peak, servers.llm_stats()["max_active"])
             await asyncio.sleep(0.5)  # let the last writes settle before the next run
         summaries.append(LevelSummary(n, runs, results, peak, cpu.percent()))
-        print(f"  N={n}: done ({sum(1 for r in results if r.errors)} errors)", flush=True)
+        print(
+            f"  N={n}: done ({sum(1 for r in results if r.errors)} errors)", flush=True
+        )
         if servers.crashed():
             break
 
@@ -556,8 +687,10 @@ def still_serving(servers: Servers) -> list[str]:
 def report_logs(servers: Servers) -> None:
     for name, path in (("daphne", servers.daphne_log), ("fake LLM", servers.groq_log)):
         text = path.read_text(errors="replace") if path.exists() else ""
-        print(f"{name} log: {path} ({text.count('Traceback')} tracebacks, "
-              f"{sum(1 for line in text.splitlines() if ' ERROR ' in line or ' WARNING ' in line)} warning/error lines)")
+        print(
+            f"{name} log: {path} ({text.count('Traceback')} tracebacks, "
+            f"{sum(1 for line in text.splitlines() if ' ERROR ' in line or ' WARNING ' in line)} warning/error lines)"
+        )
 
 
 def main() -> int:

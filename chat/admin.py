@@ -21,5 +21,13 @@ class ConversationAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ("id", "conversation", "role", "status", "provider", "completion_tokens", "created_at")
+    list_display = (
+        "id",
+        "conversation",
+        "role",
+        "status",
+        "provider",
+        "completion_tokens",
+        "created_at",
+    )
     list_filter = ("role", "status", "provider")

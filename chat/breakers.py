@@ -47,18 +47,25 @@ class BreakerConfig:
 
 def config(name: str) -> BreakerConfig:
     upper = name.upper()
-    return BreakerConfig(getattr(settings, f"BREAKER_{upper}_THRESHOLD"), getattr(settings, f"BREAKER_{upper}_TTL"))
+    return BreakerConfig(
+        getattr(settings, f"BREAKER_{upper}_THRESHOLD"),
+        getattr(settings, f"BREAKER_{upper}_TTL"),
+    )
 
 
 class Breakers:
     """The breakers of one event loop: shared (Redis) when configured, local memory otherwise."""
 
     def __init__(self) -> None:
-        self.local = AsyncCircuitBreakerFactory(uow=AsyncInMemoryUnitOfWork(), exclude=NOT_FAILURES)
+        self.local = AsyncCircuitBreakerFactory(
+            uow=AsyncInMemoryUnitOfWork(), exclude=NOT_FAILURES
+        )
         self.shared = None
         if settings.REDIS_URL:
             url = _with_timeouts(settings.REDIS_URL)
-            self.shared = AsyncCircuitBreakerFactory(uow=AsyncRedisUnitOfWork(url), exclude=NOT_FAILURES)
+            self.shared = AsyncCircuitBreakerFactory(
+                uow=AsyncRedisUnitOfWork(url), exclude=NOT_FAILURES
+            )
         self.fallback_until = 0.0
         self.last_errors: dict[str, tuple[float, str]] = {}
 
@@ -67,7 +74,11 @@ class Breakers:
         return time.monotonic() < self.fallback_until
 
     def factory(self) -> AsyncCircuitBreakerFactory:
-        return self.shared if self.shared is not None and not self.using_fallback else self.local
+        return (
+            self.shared
+            if self.shared is not None and not self.using_fallback
+            else self.local
+        )
 
     @asynccontextmanager
     async def guard(self, name: str) -> AsyncIterator[None]:
@@ -77,12 +88,17 @@ class Breakers:
             breaker = await self._breaker(name, cfg)
             await breaker.__aenter__()
         except OpenedState as opened:
-            raise CircuitOpen(name, max(0.0, opened.opened_at + cfg.ttl - time.time())) from None
+            raise CircuitOpen(
+                name, max(0.0, opened.opened_at + cfg.ttl - time.time())
+            ) from None
         try:
             yield
         except BaseException as exc:
             if not isinstance(exc, tuple(NOT_FAILURES)):
-                self.last_errors[name] = (time.time(), f"{type(exc).__name__}: {exc}"[:300])
+                self.last_errors[name] = (
+                    time.time(),
+                    f"{type(exc).__name__}: {exc}"[:300],
+                )
             await self._exit(breaker, type(exc), exc)
             raise
         await self._exit(breaker, None, None)
@@ -103,7 +119,10 @@ class Breakers:
             self._fall_back()  # recording the outcome in Redis failed; the answer goes on
 
     def _fall_back(self) -> None:
-        logger.warning("Redis unreachable for circuit breakers; using this process's memory for %ss", FALLBACK_SECONDS)
+        logger.warning(
+            "Redis unreachable for circuit breakers; using this process's memory for %ss",
+            FALLBACK_SECONDS,
+        )
         self.fallback_until = time.monotonic() + FALLBACK_SECONDS
 
     async def describe(self) -> list[dict]:
@@ -126,7 +145,9 @@ class Breakers:
             "failures": (context.failure_count or 0) if context else 0,
             "threshold": cfg.threshold,
             "ttl": cfg.ttl,
-            "retry_in": round(max(0.0, opened_at + cfg.ttl - time.time()), 1) if state == "opened" and opened_at else None,
+            "retry_in": round(max(0.0, opened_at + cfg.ttl - time.time()), 1)
+            if state == "opened" and opened_at
+            else None,
             "last_error": last[1] if last else "",
             "last_error_at": last[0] if last else None,
             "shared": self.shared is not None and not self.using_fallback,

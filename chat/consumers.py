@@ -62,26 +62,41 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # Wait so every answer is persisted as stopped before the consumer goes away.
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> None:
         client_id = None
         try:
             frame = check_frame(text_data, bytes_data)
             client_id = frame.get("client_id")
             await self.handlers[frame["type"]](self, frame)
         except ProtocolError as exc:
-            await self.send_frame(protocol.error_frame(exc.code, exc.message, client_id=exc.client_id))
+            await self.send_frame(
+                protocol.error_frame(exc.code, exc.message, client_id=exc.client_id)
+            )
         except (RateLimited, TooManyGenerations) as exc:
             await self.send_frame(
                 protocol.error_frame(
-                    exc.code, exc.user_message, client_id=client_id, retry_after=getattr(exc, "retry_after", None)
+                    exc.code,
+                    exc.user_message,
+                    client_id=client_id,
+                    retry_after=getattr(exc, "retry_after", None),
                 )
             )
         except NotFound as exc:
-            await self.send_frame(protocol.error_frame(exc.code, str(exc).capitalize() + ".", client_id=client_id))
+            await self.send_frame(
+                protocol.error_frame(
+                    exc.code, str(exc).capitalize() + ".", client_id=client_id
+                )
+            )
         except Exception:
             logger.exception("chat frame failed")
             await self.send_frame(
-                protocol.error_frame("internal_error", "The server could not handle that message.", client_id=client_id)
+                protocol.error_frame(
+                    "internal_error",
+                    "The server could not handle that message.",
+                    client_id=client_id,
+                )
             )
 
     async def handle_ask(self, frame: protocol.AskFrame) -> None:
@@ -91,7 +106,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.user, frame["conversation_id"], frame["text"], frame["client_id"]
         )
         await self.send_frame(
-            protocol.ack_frame(frame["client_id"], asked.question_id, asked.answer_id, asked.conversation_id, asked.duplicate)
+            protocol.ack_frame(
+                frame["client_id"],
+                asked.question_id,
+                asked.answer_id,
+                asked.conversation_id,
+                asked.duplicate,
+            )
         )
         if asked.duplicate:
             await self._replay(asked)
@@ -112,7 +133,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     handlers = {"ask": handle_ask, "stop": handle_stop, "ping": handle_ping}
 
     def _start_answer(self, asked: Asked) -> None:
-        task = asyncio.get_running_loop().create_task(answer_question(self.user, asked, self.send_frame))
+        task = asyncio.get_running_loop().create_task(
+            answer_question(self.user, asked, self.send_frame)
+        )
         self.tasks[asked.answer_id] = task
         release = track_user_generation(self.user.pk)
 
@@ -124,7 +147,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _replay(self, asked: Asked) -> None:
         """A resent question: show the stored answer if it has finished."""
-        if asked.answer_id in self.tasks or asked.answer_status == Message.Status.PENDING:
+        if (
+            asked.answer_id in self.tasks
+            or asked.answer_status == Message.Status.PENDING
+        ):
             return
         message = await database_sync_to_async(load_answer)(self.user, asked.answer_id)
         await self.send_frame(finish_frame_for(message))

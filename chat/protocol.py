@@ -16,7 +16,9 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.client_id: str | None = None  # echoed so the client can match the error to its question
+        self.client_id: str | None = (
+            None  # echoed so the client can match the error to its question
+        )
 
 
 class AskFrame(TypedDict):
@@ -34,9 +36,14 @@ class StopFrame(TypedDict):
 def check_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
     """The parsed, validated frame; raises ``ProtocolError`` with a code for anything else."""
     if text_data is None:
-        raise ProtocolError("invalid_frame", "Binary frames are not supported; send JSON text.")
+        raise ProtocolError(
+            "invalid_frame", "Binary frames are not supported; send JSON text."
+        )
     if len(text_data.encode()) > settings.MAX_FRAME_BYTES:
-        raise ProtocolError("frame_too_large", f"Frames are limited to {settings.MAX_FRAME_BYTES} bytes.")
+        raise ProtocolError(
+            "frame_too_large",
+            f"Frames are limited to {settings.MAX_FRAME_BYTES} bytes.",
+        )
     try:
         frame = json.loads(text_data)
     except ValueError:
@@ -45,7 +52,9 @@ def check_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         raise ProtocolError("invalid_frame", "A frame must be a JSON object.")
     checker = _CHECKERS.get(frame.get("type"))  # type: ignore[arg-type]
     if checker is None:
-        raise ProtocolError("unknown_type", f"Unknown frame type {str(frame.get('type'))[:40]!r}.")
+        raise ProtocolError(
+            "unknown_type", f"Unknown frame type {str(frame.get('type'))[:40]!r}."
+        )
     try:
         return checker(frame)
     except ProtocolError as exc:
@@ -65,14 +74,26 @@ def check_ask(frame: dict[str, Any]) -> AskFrame:
     if not isinstance(text, str) or not text.strip():
         raise ProtocolError("missing_field", "'text' must be a non-empty string.")
     if len(text) > settings.MAX_QUESTION_CHARS:
-        raise ProtocolError("text_too_long", f"Questions are limited to {settings.MAX_QUESTION_CHARS} characters.")
+        raise ProtocolError(
+            "text_too_long",
+            f"Questions are limited to {settings.MAX_QUESTION_CHARS} characters.",
+        )
     conversation_id = frame.get("conversation_id")
-    if conversation_id is not None and (not isinstance(conversation_id, int) or isinstance(conversation_id, bool)):
-        raise ProtocolError("invalid_field", "'conversation_id' must be an integer or null.")
+    if conversation_id is not None and (
+        not isinstance(conversation_id, int) or isinstance(conversation_id, bool)
+    ):
+        raise ProtocolError(
+            "invalid_field", "'conversation_id' must be an integer or null."
+        )
     client_id = valid_uuid(frame.get("client_id"))
     if client_id is None:
         raise ProtocolError("missing_field", "'client_id' must be a UUID.")
-    return {"type": "ask", "conversation_id": conversation_id, "text": text.strip(), "client_id": client_id}
+    return {
+        "type": "ask",
+        "conversation_id": conversation_id,
+        "text": text.strip(),
+        "client_id": client_id,
+    }
 
 
 def check_stop(frame: dict[str, Any]) -> StopFrame:
@@ -90,7 +111,13 @@ _CHECKERS = {"ask": check_ask, "stop": check_stop, "ping": check_ping}
 
 
 # --- outgoing frames ----------------------------------------------------------------------------
-def ack_frame(client_id: str, question_id: int, answer_id: int, conversation_id: int, duplicate: bool) -> dict:
+def ack_frame(
+    client_id: str,
+    question_id: int,
+    answer_id: int,
+    conversation_id: int,
+    duplicate: bool,
+) -> dict:
     return {
         "type": "ack",
         "client_id": client_id,
@@ -106,7 +133,12 @@ def queued_frame(answer_id: int, position: int) -> dict:
 
 
 def start_frame(answer_id: int, provider: str, model: str) -> dict:
-    return {"type": "start", "message_id": answer_id, "provider": provider, "model": model}
+    return {
+        "type": "start",
+        "message_id": answer_id,
+        "provider": provider,
+        "model": model,
+    }
 
 
 def status_frame(answer_id: int, stage: str) -> dict:
@@ -118,7 +150,14 @@ def delta_frame(answer_id: int, text: str) -> dict:
 
 
 def finish_frame(
-    answer_id: int, status: str, text: str, html: str, sources: list, timings: dict, usage: dict, error_code: str = ""
+    answer_id: int,
+    status: str,
+    text: str,
+    html: str,
+    sources: list,
+    timings: dict,
+    usage: dict,
+    error_code: str = "",
 ) -> dict:
     return {
         "type": "finish",

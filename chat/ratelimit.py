@@ -42,7 +42,10 @@ class QuestionLimiter:
         self.shared = None
         if settings.REDIS_URL:
             storage = RedisStorage(
-                "async+" + settings.REDIS_URL, implementation="redispy", socket_timeout=1, socket_connect_timeout=1
+                "async+" + settings.REDIS_URL,
+                implementation="redispy",
+                socket_timeout=1,
+                socket_connect_timeout=1,
             )
             self.shared = MovingWindowRateLimiter(storage)
         self.fallback_until = 0.0  # while Redis is failing, use local memory until then
@@ -65,10 +68,17 @@ class QuestionLimiter:
         return time.monotonic() < self.fallback_until
 
     async def _limiter(self) -> MovingWindowRateLimiter:
-        return self.shared if self.shared is not None and not self.using_fallback else self.local
+        return (
+            self.shared
+            if self.shared is not None and not self.using_fallback
+            else self.local
+        )
 
     def _fall_back(self) -> MovingWindowRateLimiter:
-        logger.warning("Redis unreachable for rate limits; using this process's memory for %ss", FALLBACK_SECONDS)
+        logger.warning(
+            "Redis unreachable for rate limits; using this process's memory for %ss",
+            FALLBACK_SECONDS,
+        )
         self.fallback_until = time.monotonic() + FALLBACK_SECONDS
         return self.local
 

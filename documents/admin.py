@@ -25,25 +25,59 @@ class CollectionAdmin(admin.ModelAdmin):
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ("title", "collection", "status", "progress_bar", "size", "pages", "updated_at", "error")
+    list_display = (
+        "title",
+        "collection",
+        "status",
+        "progress_bar",
+        "size",
+        "pages",
+        "updated_at",
+        "error",
+    )
     list_filter = ("status", "collection")
     search_fields = ("title", "source_path")
-    readonly_fields = ("sha256", "size_bytes", "chunks_total", "chunks_done", "task_id", "created_at", "updated_at")
+    readonly_fields = (
+        "sha256",
+        "size_bytes",
+        "chunks_total",
+        "chunks_done",
+        "task_id",
+        "created_at",
+        "updated_at",
+    )
     actions = ("retry_failed", "reindex")
 
     def get_urls(self):
-        upload = path("upload/", self.admin_site.admin_view(self.upload_view), name="documents_document_upload")
+        upload = path(
+            "upload/",
+            self.admin_site.admin_view(self.upload_view),
+            name="documents_document_upload",
+        )
         return [upload, *super().get_urls()]
 
     def upload_view(self, request):
         """Upload one or many files into a collection; each is queued for ingestion."""
         form = UploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
-            added = [self._add(form.cleaned_data["collection"], upload) for upload in form.cleaned_data["files"]]
-            self.message_user(request, f"{sum(added)} file(s) queued, {len(added) - sum(added)} already present.")
+            added = [
+                self._add(form.cleaned_data["collection"], upload)
+                for upload in form.cleaned_data["files"]
+            ]
+            self.message_user(
+                request,
+                f"{sum(added)} file(s) queued, {len(added) - sum(added)} already present.",
+            )
             return redirect(reverse("admin:documents_document_changelist"))
-        context = {**self.admin_site.each_context(request), "form": form, "opts": self.model._meta, "title": "Upload documents"}
-        return TemplateResponse(request, "admin/documents/document/upload.html", context)
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "opts": self.model._meta,
+            "title": "Upload documents",
+        }
+        return TemplateResponse(
+            request, "admin/documents/document/upload.html", context
+        )
 
     def _add(self, collection: Collection, upload) -> bool:
         return do_add_document(collection, upload.name, upload.read()).created
@@ -59,7 +93,11 @@ class DocumentAdmin(admin.ModelAdmin):
 
     @admin.display(description="size", ordering="size_bytes")
     def size(self, document: Document) -> str:
-        return f"{document.size_bytes / 1024:.0f} KB" if document.size_bytes < 1024**2 else f"{document.size_bytes / 1024**2:.1f} MB"
+        return (
+            f"{document.size_bytes / 1024:.0f} KB"
+            if document.size_bytes < 1024**2
+            else f"{document.size_bytes / 1024**2:.1f} MB"
+        )
 
     @admin.action(description="Retry failed documents")
     def retry_failed(self, request, queryset):
@@ -73,12 +111,21 @@ class DocumentAdmin(admin.ModelAdmin):
         documents = [d for d in queryset if d.file and not d.is_active]
         for document in documents:
             do_requeue(document)
-        self.message_user(request, f"{len(documents)} document(s) queued for reindexing.", messages.INFO)
+        self.message_user(
+            request,
+            f"{len(documents)} document(s) queued for reindexing.",
+            messages.INFO,
+        )
 
     def changelist_view(self, request, extra_context=None):
         totals = Document.objects.aggregate(chunks=Sum("chunks_done"))
-        extra = {"upload_url": reverse("admin:documents_document_upload"), "total_chunks": totals["chunks"] or 0}
-        return super().changelist_view(request, extra_context={**(extra_context or {}), **extra})
+        extra = {
+            "upload_url": reverse("admin:documents_document_upload"),
+            "total_chunks": totals["chunks"] or 0,
+        }
+        return super().changelist_view(
+            request, extra_context={**(extra_context or {}), **extra}
+        )
 
 
 @admin.register(Chunk)

@@ -21,17 +21,25 @@ class ChunkDraft:
 
 
 def chunk_sections(
-    sections: list[Section], *, max_tokens: int, overlap_tokens: int, count_tokens: Callable[[str], int]
+    sections: list[Section],
+    *,
+    max_tokens: int,
+    overlap_tokens: int,
+    count_tokens: Callable[[str], int],
 ) -> list[ChunkDraft]:
     drafts: list[ChunkDraft] = []
     for section in sections:
         pieces = _pieces(section.text, max_tokens, count_tokens)
         for text in _pack(pieces, max_tokens, overlap_tokens, count_tokens):
-            drafts.append(ChunkDraft(text, section.heading, section.page, count_tokens(text)))
+            drafts.append(
+                ChunkDraft(text, section.heading, section.page, count_tokens(text))
+            )
     return drafts
 
 
-def _pieces(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+def _pieces(
+    text: str, max_tokens: int, count_tokens: Callable[[str], int]
+) -> list[str]:
     """Paragraphs, with any paragraph longer than a chunk split into sentences, then words."""
     pieces: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
@@ -49,7 +57,9 @@ def _pieces(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> l
     return pieces
 
 
-def _split_words(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+def _split_words(
+    text: str, max_tokens: int, count_tokens: Callable[[str], int]
+) -> list[str]:
     out: list[str] = []
     current: list[str] = []
     for word in text.split():
@@ -63,7 +73,10 @@ def _split_words(text: str, max_tokens: int, count_tokens: Callable[[str], int])
 
 
 def _pack(
-    pieces: list[str], max_tokens: int, overlap_tokens: int, count_tokens: Callable[[str], int]
+    pieces: list[str],
+    max_tokens: int,
+    overlap_tokens: int,
+    count_tokens: Callable[[str], int],
 ) -> list[str]:
     chunks: list[str] = []
     current: list[str] = []
@@ -72,7 +85,9 @@ def _pack(
         piece_tokens = count_tokens(piece)
         if current and size + piece_tokens > max_tokens:
             chunks.append("\n\n".join(current))
-            current = _overlap_tail(current, overlap_tokens, max_tokens - piece_tokens, count_tokens)
+            current = _overlap_tail(
+                current, overlap_tokens, max_tokens - piece_tokens, count_tokens
+            )
             size = sum(count_tokens(p) for p in current)
         current.append(piece)
         size += piece_tokens
@@ -82,7 +97,10 @@ def _pack(
 
 
 def _overlap_tail(
-    pieces: list[str], overlap_tokens: int, room: int, count_tokens: Callable[[str], int]
+    pieces: list[str],
+    overlap_tokens: int,
+    room: int,
+    count_tokens: Callable[[str], int],
 ) -> list[str]:
     """The last sentences of the previous chunk, up to ``overlap_tokens``, that still leave room."""
     budget = min(overlap_tokens, room)

@@ -32,11 +32,18 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class IngestResult:
     document: Document
-    created: bool  # False when identical content was already there (nothing new registered)
+    created: (
+        bool  # False when identical content was already there (nothing new registered)
+    )
 
 
 def do_add_document(
-    collection: Collection, name: str, data: bytes, *, source_path: str = "", enqueue: bool = True
+    collection: Collection,
+    name: str,
+    data: bytes,
+    *,
+    source_path: str = "",
+    enqueue: bool = True,
 ) -> IngestResult:
     """Register a file in ``collection`` (stored, ``pending``) and, if ``enqueue``, queue its
     processing. Identical content is not registered twice; a failed copy of it is retried."""
@@ -46,16 +53,27 @@ def do_add_document(
         if existing.status == Document.Status.FAILED and existing.file:
             do_requeue(existing, enqueue=enqueue)
         return IngestResult(existing, created=False)
-    previous = Document.objects.filter(collection=collection, source_path=source_path).first() if source_path else None
+    previous = (
+        Document.objects.filter(collection=collection, source_path=source_path).first()
+        if source_path
+        else None
+    )
     if previous is not None:
         _replace_file(previous, name, data, digest, enqueue=enqueue)
         return IngestResult(previous, created=True)
     with transaction.atomic():
         document = Document.objects.create(
-            collection=collection, title=name[:300], source_path=source_path, sha256=digest, size_bytes=len(data)
+            collection=collection,
+            title=name[:300],
+            source_path=source_path,
+            sha256=digest,
+            size_bytes=len(data),
         )
         if len(data) > settings.MAX_UPLOAD_BYTES:
-            _mark_failed(document, f"the file is larger than the {_mb(settings.MAX_UPLOAD_BYTES)} MB limit")
+            _mark_failed(
+                document,
+                f"the file is larger than the {_mb(settings.MAX_UPLOAD_BYTES)} MB limit",
+            )
             return IngestResult(document, created=True)
         document.file.save(Path(name).name or "upload", ContentFile(data), save=True)
         if enqueue:
@@ -63,7 +81,9 @@ def do_add_document(
     return IngestResult(document, created=True)
 
 
-def _replace_file(document: Document, name: str, data: bytes, digest: str, *, enqueue: bool) -> None:
+def _replace_file(
+    document: Document, name: str, data: bytes, digest: str, *, enqueue: bool
+) -> None:
     """The source file changed: store the new content and process it again. The old chunks stay
     searchable until the new ones replace them in one transaction."""
     with transaction.atomic():
@@ -75,7 +95,11 @@ def _replace_file(document: Document, name: str, data: bytes, digest: str, *, en
 def do_requeue(document: Document, *, enqueue: bool = True) -> None:
     """Put a document back to ``pending`` (retry or reindex) and queue it."""
     with transaction.atomic():
-        document.status, document.error, document.chunks_done = Document.Status.PENDING, "", 0
+        document.status, document.error, document.chunks_done = (
+            Document.Status.PENDING,
+            "",
+            0,
+        )
         document.save()
         if enqueue:
             _enqueue(document)
@@ -88,11 +112,17 @@ def _enqueue(document: Document) -> None:
     Document.objects.filter(pk=document.pk).update(task_id=document.task_id)
 
 
-def do_ingest_file(path: Path, collection: Collection, progress: Progress | None = None) -> IngestResult:
+def do_ingest_file(
+    path: Path, collection: Collection, progress: Progress | None = None
+) -> IngestResult:
     """Register and process one file now (commands, demo set-up); failures are recorded on the
     document, not raised."""
     result = do_add_document(
-        collection, path.name, path.read_bytes(), source_path=str(path.resolve()), enqueue=False
+        collection,
+        path.name,
+        path.read_bytes(),
+        source_path=str(path.resolve()),
+        enqueue=False,
     )
     if result.document.is_active:
         do_process_document(result.document.pk, progress)
@@ -142,20 +172,28 @@ def _read(document: Document) -> bytes:
         raise ExtractionError("the stored file is missing; upload it again") from None
 
 
-def _embed_in_batches(document: Document, drafts: list[ChunkDraft], progress: Progress | None) -> list[list[float]]:
+def _embed_in_batches(
+    document: Document, drafts: list[ChunkDraft], progress: Progress | None
+) -> list[list[float]]:
     vectors: list[list[float]] = []
     batch = settings.EMBEDDING_BATCH_SIZE
     for start in range(0, len(drafts), batch):
-        vectors.extend(embedding.encode([d.text for d in drafts[start : start + batch]]))
+        vectors.extend(
+            embedding.encode([d.text for d in drafts[start : start + batch]])
+        )
         # Progress doubles as the heartbeat that tells a live worker this job is not orphaned.
-        Document.objects.filter(pk=document.pk).update(chunks_done=len(vectors), updated_at=timezone.now())
+        Document.objects.filter(pk=document.pk).update(
+            chunks_done=len(vectors), updated_at=timezone.now()
+        )
         if progress:
             progress(len(vectors), len(drafts))
     return vectors
 
 
 @transaction.atomic
-def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[list[float]]) -> None:
+def _replace_chunks(
+    document: Document, drafts: list[ChunkDraft], vectors: list[list[float]]
+) -> None:
     Chunk.objects.filter(document=document).delete()
     Chunk.objects.bulk_create(
         Chunk(
@@ -169,8 +207,14 @@ def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[
         )
         for i, (draft, vector) in enumerate(zip(drafts, vectors))
     )
-    Chunk.objects.filter(document=document).update(search_vector=SearchVector("text", config="english"))
-    document.status, document.error, document.chunks_done = Document.Status.READY, "", len(drafts)
+    Chunk.objects.filter(document=document).update(
+        search_vector=SearchVector("text", config="english")
+    )
+    document.status, document.error, document.chunks_done = (
+        Document.Status.READY,
+        "",
+        len(drafts),
+    )
     document.save()
 
 
@@ -193,9 +237,13 @@ def find_files(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and _is_supported(p))
+            found.extend(
+                p for p in sorted(path.rglob("*")) if p.is_file() and _is_supported(p)
+            )
         else:
-            found.append(path)  # named explicitly: an unsupported type fails with its reason
+            found.append(
+                path
+            )  # named explicitly: an unsupported type fails with its reason
     return found
 
 

@@ -13,14 +13,22 @@ class CollectionQuerySet(models.QuerySet):
         """Collections ``user`` may read: public ones, their own, and those they are a member of."""
         if not user.is_authenticated:
             return self.filter(is_public=True)
-        return self.filter(Q(is_public=True) | Q(owner=user) | Q(members=user)).distinct()
+        return self.filter(
+            Q(is_public=True) | Q(owner=user) | Q(members=user)
+        ).distinct()
 
 
 class Collection(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_collections")
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="collections")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="owned_collections",
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="collections"
+    )
     is_public = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -38,7 +46,9 @@ class Document(models.Model):
         READY = "ready"
         FAILED = "failed"
 
-    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
+    collection = models.ForeignKey(
+        Collection, on_delete=models.CASCADE, related_name="documents"
+    )
     title = models.CharField(max_length=300)
     source_path = models.CharField(max_length=1000, blank=True)
     file = models.FileField(upload_to="documents/%Y/%m/", blank=True)
@@ -47,7 +57,9 @@ class Document(models.Model):
     mime = models.CharField(max_length=100, blank=True)
     sha256 = models.CharField(max_length=64)
     size_bytes = models.BigIntegerField(default=0)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PENDING
+    )
     error = models.TextField(blank=True)
     chunks_total = models.IntegerField(default=0)
     chunks_done = models.IntegerField(default=0)
@@ -56,7 +68,10 @@ class Document(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["collection", "sha256"], name="document_unique_content_per_collection")
+            models.UniqueConstraint(
+                fields=["collection", "sha256"],
+                name="document_unique_content_per_collection",
+            )
         ]
 
     def __str__(self) -> str:
@@ -64,11 +79,17 @@ class Document(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.status in {self.Status.PENDING, self.Status.EXTRACTING, self.Status.EMBEDDING}
+        return self.status in {
+            self.Status.PENDING,
+            self.Status.EXTRACTING,
+            self.Status.EMBEDDING,
+        }
 
 
 class Chunk(models.Model):
-    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    document = models.ForeignKey(
+        Document, on_delete=models.CASCADE, related_name="chunks"
+    )
     ordinal = models.IntegerField()
     text = models.TextField()
     page = models.IntegerField(null=True, blank=True)
@@ -78,7 +99,11 @@ class Chunk(models.Model):
     search_vector = SearchVectorField(null=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["document", "ordinal"], name="chunk_unique_ordinal"
+            )
+        ]
         indexes = [
             HnswIndex(
                 name="chunk_embedding_hnsw",

@@ -16,22 +16,49 @@ from prometheus_client import Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 WINDOW_SECONDS = 300
 
-TIME_TO_FIRST_TOKEN = Histogram("docchat_time_to_first_token_seconds", "Question to first answer token", buckets=LATENCY_BUCKETS)
-ANSWER_TOTAL = Histogram("docchat_answer_seconds", "Question to finished answer", buckets=LATENCY_BUCKETS)
-RETRIEVAL = Histogram("docchat_retrieval_seconds", "Hybrid search time", buckets=LATENCY_BUCKETS)
-EMBEDDING = Histogram("docchat_query_embedding_seconds", "Query embedding time", buckets=LATENCY_BUCKETS)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "docchat_time_to_first_token_seconds",
+    "Question to first answer token",
+    buckets=LATENCY_BUCKETS,
+)
+ANSWER_TOTAL = Histogram(
+    "docchat_answer_seconds", "Question to finished answer", buckets=LATENCY_BUCKETS
+)
+RETRIEVAL = Histogram(
+    "docchat_retrieval_seconds", "Hybrid search time", buckets=LATENCY_BUCKETS
+)
+EMBEDDING = Histogram(
+    "docchat_query_embedding_seconds", "Query embedding time", buckets=LATENCY_BUCKETS
+)
 TOKENS = Counter("docchat_tokens_streamed_total", "Answer deltas streamed to clients")
 ANSWERS = Counter("docchat_answers_total", "Finished answers by status", ["status"])
 ERRORS = Counter("docchat_errors_total", "Error frames sent, by code", ["code"])
-INGESTED_CHUNKS = Counter("docchat_ingested_chunks_total", "Chunks embedded and stored by ingestion")
-ACTIVE_CONNECTIONS = Gauge("docchat_websocket_connections", "Open chat WebSocket connections")
-ACTIVE_GENERATIONS = Gauge("docchat_active_generations", "Answers holding a generation slot")
-QUEUE_DEPTH = Gauge("docchat_generation_queue_depth", "Answers waiting for a generation slot")
-LOOP_LAG = Gauge("docchat_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer (last sample)")
+INGESTED_CHUNKS = Counter(
+    "docchat_ingested_chunks_total", "Chunks embedded and stored by ingestion"
+)
+ACTIVE_CONNECTIONS = Gauge(
+    "docchat_websocket_connections", "Open chat WebSocket connections"
+)
+ACTIVE_GENERATIONS = Gauge(
+    "docchat_active_generations", "Answers holding a generation slot"
+)
+QUEUE_DEPTH = Gauge(
+    "docchat_generation_queue_depth", "Answers waiting for a generation slot"
+)
+LOOP_LAG = Gauge(
+    "docchat_event_loop_lag_seconds",
+    "How late the event loop ran a 0.5 s timer (last sample)",
+)
 POOL_SIZE = Gauge("docchat_db_pool_size", "Connections the pool holds")
 POOL_IN_USE = Gauge("docchat_db_pool_in_use", "Pool connections lent out")
-POOL_WAITING = Gauge("docchat_db_pool_waiting", "Requests waiting for a pool connection")
-BREAKER_OPEN = Gauge("docchat_circuit_breaker_open", "1 if the breaker is open (or half-open), else 0", ["name"])
+POOL_WAITING = Gauge(
+    "docchat_db_pool_waiting", "Requests waiting for a pool connection"
+)
+BREAKER_OPEN = Gauge(
+    "docchat_circuit_breaker_open",
+    "1 if the breaker is open (or half-open), else 0",
+    ["name"],
+)
 
 
 class Rolling:
@@ -51,10 +78,16 @@ class Rolling:
         if len(recent) == 1:
             return {"count": 1, "p50": round(recent[0], 4), "p95": round(recent[0], 4)}
         cuts = quantiles(recent, n=100, method="inclusive")
-        return {"count": len(recent), "p50": round(cuts[49], 4), "p95": round(cuts[94], 4)}
+        return {
+            "count": len(recent),
+            "p50": round(cuts[49], 4),
+            "p95": round(cuts[94], 4),
+        }
 
 
-rolling = {name: Rolling() for name in ("first_token", "total", "retrieval", "embedding")}
+rolling = {
+    name: Rolling() for name in ("first_token", "total", "retrieval", "embedding")
+}
 errors_by_code: PyCounter[str] = PyCounter()
 tokens_streamed = 0
 answers_finished = 0

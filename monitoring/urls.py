@@ -7,7 +7,11 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics_view, name="metrics"),
     path("monitoring/", views.dashboard, name="monitoring-dashboard"),
-    path("monitoring/api/breakers/<str:name>/reset", views.reset_breaker, name="monitoring-breaker-reset"),
+    path(
+        "monitoring/api/breakers/<str:name>/reset",
+        views.reset_breaker,
+        name="monitoring-breaker-reset",
+    ),
     path("monitoring/api/<str:section>", views.api, name="monitoring-api"),
     path("monitoring/api/", views.api, name="monitoring-api-summary"),
 ]

@@ -35,11 +35,18 @@ def healthz(request):
 def readyz(request):
     """Ready to serve chats: database reachable, pgvector installed, embedding model loadable,
     Redis answering (when configured)."""
-    checks = {"database": _check_database(), "pgvector": _check_pgvector(), "embedding_model": _check_model()}
+    checks = {
+        "database": _check_database(),
+        "pgvector": _check_pgvector(),
+        "embedding_model": _check_model(),
+    }
     if settings.REDIS_URL:
         checks["redis"] = _check_redis()
     ready = all(check["ok"] for check in checks.values())
-    return JsonResponse({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+    )
 
 
 def _check_database() -> dict:
@@ -55,12 +62,17 @@ def _check_database() -> dict:
 def _check_pgvector() -> dict:
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            cursor.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+            )
             row = cursor.fetchone()
     except Exception as exc:
         return {"ok": False, "error": f"cannot check extensions ({type(exc).__name__})"}
     if row is None:
-        return {"ok": False, "error": "the pgvector extension 'vector' is not installed in the database"}
+        return {
+            "ok": False,
+            "error": "the pgvector extension 'vector' is not installed in the database",
+        }
     return {"ok": True, "version": row[0]}
 
 
@@ -78,7 +90,9 @@ def _check_redis() -> dict:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
+        )
         client.ping()
         return {"ok": True}
     except Exception as exc:
@@ -104,7 +118,11 @@ def staff_only(view):
 @staff_only
 async def dashboard(request):
     summary = await build_summary()
-    return await sync_to_async(render)(request, "monitoring/dashboard.html", {"summary": summary, "title": "Monitoring"})
+    return await sync_to_async(render)(
+        request,
+        "monitoring/dashboard.html",
+        {"summary": summary, "title": "Monitoring"},
+    )
 
 
 SECTIONS = {"summary", "pool", "breakers", "streams", "jobs", "alerts"}
@@ -115,7 +133,9 @@ async def api(request, section: str = "summary"):
     if section not in SECTIONS:
         return JsonResponse({"error": f"unknown section {section!r}"}, status=404)
     summary = await build_summary()
-    return JsonResponse(summary if section == "summary" else {section: summary[section]})
+    return JsonResponse(
+        summary if section == "summary" else {section: summary[section]}
+    )
 
 
 @require_POST
@@ -124,14 +144,20 @@ async def reset_breaker(request, name: str):
     if name not in NAMES:
         return JsonResponse({"error": f"unknown breaker {name!r}"}, status=404)
     await breakers().reset(name)
-    logger.warning("circuit breaker %s reset by %s", name, (await request.auser()).username)
+    logger.warning(
+        "circuit breaker %s reset by %s", name, (await request.auser()).username
+    )
     return JsonResponse({"reset": name, "breakers": await breakers().describe()})
 
 
 async def metrics_view(request):
     """Prometheus exposition: public if METRICS_PUBLIC, else staff or a scraper on loopback."""
     user = await request.auser()
-    if not (settings.METRICS_PUBLIC or user.is_staff or _is_loopback(request.META.get("REMOTE_ADDR", ""))):
+    if not (
+        settings.METRICS_PUBLIC
+        or user.is_staff
+        or _is_loopback(request.META.get("REMOTE_ADDR", ""))
+    ):
         return HttpResponseForbidden("metrics are for staff or a local scraper")
     await refresh_gauges()
     return await sync_to_async(ExportToDjangoView)(request)

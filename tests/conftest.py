@@ -61,10 +61,14 @@ DOCS = {
 def make_user(username: str):
     from django.contrib.auth import get_user_model
 
-    return get_user_model().objects.create_user(username, password=f"{username}-pass-123")
+    return get_user_model().objects.create_user(
+        username, password=f"{username}-pass-123"
+    )
 
 
-def make_collection(name: str, owner, files: dict[str, str], tmp_path: Path, *, public=False, members=()):
+def make_collection(
+    name: str, owner, files: dict[str, str], tmp_path: Path, *, public=False, members=()
+):
     from documents.ingest import do_ingest_file
     from documents.models import Collection
 
@@ -99,7 +103,9 @@ def session_cookie(user) -> bytes:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
 
 
-async def communicator_for(user, *, origin: tuple[bytes, bytes] | None = TEST_ORIGIN) -> WebsocketCommunicator:
+async def communicator_for(
+    user, *, origin: tuple[bytes, bytes] | None = TEST_ORIGIN
+) -> WebsocketCommunicator:
     """A communicator through the full ASGI stack (origin check, session auth, routing)."""
     from config.asgi import application
 
@@ -124,13 +130,27 @@ class ChatClient:
     async def __aexit__(self, *exc) -> None:
         await self.communicator.disconnect()
 
-    async def ask(self, text: str, conversation_id: int | None = None, client_id: str | None = None) -> str:
+    async def ask(
+        self,
+        text: str,
+        conversation_id: int | None = None,
+        client_id: str | None = None,
+    ) -> str:
         client_id = client_id or str(uuid.uuid4())
-        await self.send({"type": "ask", "conversation_id": conversation_id, "text": text, "client_id": client_id})
+        await self.send(
+            {
+                "type": "ask",
+                "conversation_id": conversation_id,
+                "text": text,
+                "client_id": client_id,
+            }
+        )
         return client_id
 
     async def send(self, frame) -> None:
-        await self.communicator.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+        await self.communicator.send_to(
+            text_data=frame if isinstance(frame, str) else json.dumps(frame)
+        )
 
     async def receive(self, timeout: float = 30) -> dict:
         return await self.communicator.receive_json_from(timeout=timeout)
@@ -191,7 +211,11 @@ def subprocess_env(**extra) -> dict[str, str]:
 
     from django.db import connection
 
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
     name = connection.settings_dict["NAME"]
     if settings.DATABASE_URL:
         base = settings.DATABASE_URL.rsplit("/", 1)[0]

@@ -14,20 +14,43 @@ BAD_FRAMES = [
     (json.dumps({"type": "dance"}), "unknown_type"),
     (json.dumps({"no": "type"}), "unknown_type"),
     (json.dumps({"type": "ask", "client_id": str(uuid.uuid4())}), "missing_field"),
-    (json.dumps({"type": "ask", "text": "hi", "client_id": "not-a-uuid"}), "missing_field"),
-    (json.dumps({"type": "ask", "text": "   ", "client_id": str(uuid.uuid4())}), "missing_field"),
-    (json.dumps({"type": "ask", "text": "hi", "conversation_id": "7", "client_id": str(uuid.uuid4())}), "invalid_field"),
+    (
+        json.dumps({"type": "ask", "text": "hi", "client_id": "not-a-uuid"}),
+        "missing_field",
+    ),
+    (
+        json.dumps({"type": "ask", "text": "   ", "client_id": str(uuid.uuid4())}),
+        "missing_field",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "ask",
+                "text": "hi",
+                "conversation_id": "7",
+                "client_id": str(uuid.uuid4()),
+            }
+        ),
+        "invalid_field",
+    ),
     (json.dumps({"type": "stop"}), "missing_field"),
     (json.dumps({"type": "stop", "message_id": 999999}), "not_found"),
 ]
 
 
 @pytest.mark.parametrize("raw, code", BAD_FRAMES)
-async def test_it_answers_a_bad_frame_with_an_error_and_keeps_the_connection(people, chat_client, raw, code):
+async def test_it_answers_a_bad_frame_with_an_error_and_keeps_the_connection(
+    people, chat_client, raw, code
+):
     async with chat_client(people["alice"]) as client:
         await client.send(raw)
         error = await client.receive()
-        assert error == {"type": "error", "code": code, "message": error["message"], **_client_id(raw)}
+        assert error == {
+            "type": "error",
+            "code": code,
+            "message": error["message"],
+            **_client_id(raw),
+        }
         assert error["message"] and "Traceback" not in error["message"]
         finish, _ = await client.answer("Where do zebras migrate?")
         assert finish["status"] == "complete"
@@ -44,7 +67,9 @@ async def test_it_refuses_a_question_over_the_length_limit(people, chat_client):
 
 async def test_it_refuses_an_oversized_frame(people, chat_client):
     async with chat_client(people["alice"]) as client:
-        await client.send(json.dumps({"type": "ping", "pad": "x" * settings.MAX_FRAME_BYTES}))
+        await client.send(
+            json.dumps({"type": "ping", "pad": "x" * settings.MAX_FRAME_BYTES})
+        )
         assert (await client.receive())["code"] == "frame_too_large"
         await client.send({"type": "ping"})
         assert await client.receive() == {"type": "pong"}

@@ -29,9 +29,17 @@ def test_it_reports_ready_with_database_pgvector_and_model(client):
 
 def run_django(code: str, **env) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python process with Django set up and extra environment."""
-    script = "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup()\n" + code
+    script = (
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup()\n"
+        + code
+    )
     return subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -32,12 +32,18 @@ def library(db):
 
 def test_it_ingests_a_multi_file_admin_upload_in_the_worker(library, client, tmp_path):
     client.force_login(library.owner)
-    files = {"a.md": b"# Alpha\n\nAlpha comes first.", "b.txt": b"Beta comes second in the alphabet."}
+    files = {
+        "a.md": b"# Alpha\n\nAlpha comes first.",
+        "b.txt": b"Beta comes second in the alphabet.",
+    }
     uploads = []
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
         uploads.append((tmp_path / name).open("rb"))
-    response = client.post("/admin/documents/document/upload/", {"collection": library.pk, "files": uploads})
+    response = client.post(
+        "/admin/documents/document/upload/",
+        {"collection": library.pk, "files": uploads},
+    )
     assert response.status_code == 302, response.content[:2000]
     assert set(Document.objects.values_list("status", flat=True)) == {"pending"}
     assert DBTaskResult.objects.filter(status="READY").count() == 2
@@ -59,7 +65,10 @@ def test_it_uploads_the_same_content_only_once(library, client):
     for _ in range(2):
         response = client.post(
             "/admin/documents/document/upload/",
-            {"collection": library.pk, "files": [_upload("same.txt", b"identical content here")]},
+            {
+                "collection": library.pk,
+                "files": [_upload("same.txt", b"identical content here")],
+            },
         )
         assert response.status_code == 302
     assert Document.objects.count() == 1 and DBTaskResult.objects.count() == 1
@@ -67,7 +76,9 @@ def test_it_uploads_the_same_content_only_once(library, client):
 
 def test_it_keeps_the_worker_going_after_a_bad_file(library):
     bad = do_add_document(library, "broken.txt", b"\x00\x01\x02" * 100).document
-    good = do_add_document(library, "good.txt", b"A perfectly good document about tea.").document
+    good = do_add_document(
+        library, "good.txt", b"A perfectly good document about tea."
+    ).document
     call_command("worker", "--batch", "--no-startup-delay", "--interval", "0")
     bad.refresh_from_db(), good.refresh_from_db()
     assert bad.status == "failed" and bad.error == "the file looks binary, not text"
@@ -88,7 +99,14 @@ def big_markdown(sections: int) -> str:
 
 def start_worker(**env) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "manage.py", "worker", "--no-startup-delay", "--interval", "0.1"],
+        [
+            sys.executable,
+            "manage.py",
+            "worker",
+            "--no-startup-delay",
+            "--interval",
+            "0.1",
+        ],
         cwd=ROOT,
         env=subprocess_env(**env),
         stdout=subprocess.DEVNULL,
@@ -108,14 +126,23 @@ def wait_until(condition, timeout: float, what: str) -> None:
 def test_it_finishes_a_document_without_duplicates_after_its_worker_is_killed(library):
     text = big_markdown(60)
     expected = len(
-        chunk_sections(markdown_sections(text), max_tokens=200, overlap_tokens=40, count_tokens=count_tokens)
+        chunk_sections(
+            markdown_sections(text),
+            max_tokens=200,
+            overlap_tokens=40,
+            count_tokens=count_tokens,
+        )
     )
     document = do_add_document(library, "manual.md", text.encode()).document
     first_task = document.task_id
 
     doomed = start_worker(EMBEDDING_BATCH_SIZE=4)
     try:
-        wait_until(lambda: Document.objects.get(pk=document.pk).chunks_done > 0, 120, "embedding to start")
+        wait_until(
+            lambda: Document.objects.get(pk=document.pk).chunks_done > 0,
+            120,
+            "embedding to start",
+        )
         os.kill(doomed.pid, signal.SIGKILL)
         doomed.wait(10)
     finally:
@@ -125,13 +152,19 @@ def test_it_finishes_a_document_without_duplicates_after_its_worker_is_killed(li
 
     rescuer = start_worker(INGEST_STALE_SECONDS=1, INGEST_RECOVERY_INTERVAL=0.2)
     try:
-        wait_until(lambda: Document.objects.get(pk=document.pk).status == "ready", 180, "the document to be ready")
+        wait_until(
+            lambda: Document.objects.get(pk=document.pk).status == "ready",
+            180,
+            "the document to be ready",
+        )
     finally:
         rescuer.send_signal(signal.SIGTERM)
         rescuer.wait(30)
 
     document.refresh_from_db()
-    ordinals = list(Chunk.objects.filter(document=document).values_list("ordinal", flat=True))
+    ordinals = list(
+        Chunk.objects.filter(document=document).values_list("ordinal", flat=True)
+    )
     assert len(ordinals) == expected == document.chunks_total == document.chunks_done
     assert sorted(ordinals) == list(range(expected))
     assert DBTaskResult.objects.get(pk=first_task).status == "FAILED"

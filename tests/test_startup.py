@@ -22,8 +22,19 @@ print('clean')
 
 
 def test_it_opens_no_connection_and_starts_no_server_at_import(tmp_path):
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "DOCCHAT_VAR_DIR": str(tmp_path / "var")}
-    result = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DOCCHAT_VAR_DIR": str(tmp_path / "var"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "clean"
     assert not (tmp_path / "var" / "pg").exists()

@@ -4,25 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('documents', '0001_initial'),
+        ("documents", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='document',
-            name='file',
-            field=models.FileField(blank=True, upload_to='documents/%Y/%m/'),
+            model_name="document",
+            name="file",
+            field=models.FileField(blank=True, upload_to="documents/%Y/%m/"),
         ),
         migrations.AddField(
-            model_name='document',
-            name='pages',
+            model_name="document",
+            name="pages",
             field=models.IntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='document',
-            name='task_id',
+            model_name="document",
+            name="task_id",
             field=models.CharField(blank=True, max_length=64),
         ),
     ]

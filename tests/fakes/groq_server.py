@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 DIRECTIVE = re.compile(r"\[\[fake ([^\]]*)\]\]")
-DEFAULTS = {"tokens": 20, "delay": 0.0, "first_delay": 0.0, "mode": "ok", "status": 500, "cut_after": 3}
+DEFAULTS = {
+    "tokens": 20,
+    "delay": 0.0,
+    "first_delay": 0.0,
+    "mode": "ok",
+    "status": 500,
+    "cut_after": 3,
+}
 
 
 class ClientGone(Exception):
@@ -40,10 +47,14 @@ class Stats:
     active: int = 0
     max_active: int = 0
     questions: list[str] = field(default_factory=list)
-    prompts: list[list[dict]] = field(default_factory=list)  # the messages of recent requests
+    prompts: list[list[dict]] = field(
+        default_factory=list
+    )  # the messages of recent requests
 
     def as_dict(self) -> dict:
-        counters = {k: v for k, v in self.__dict__.items() if k not in ("questions", "prompts")}
+        counters = {
+            k: v for k, v in self.__dict__.items() if k not in ("questions", "prompts")
+        }
         return counters | {"last_questions": self.questions[-20:]}
 
 
@@ -72,7 +83,10 @@ class FakeGroq:
     # --- the protocol ------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        last_user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        last_user = next(
+            (m["content"] for m in reversed(body["messages"]) if m["role"] == "user"),
+            "",
+        )
         question = last_user.rsplit("Question:", 1)[-1].strip()
         behaviour = self.behaviour_for(last_user)
         self.stats.requests += 1
@@ -80,11 +94,14 @@ class FakeGroq:
         self.stats.prompts = [*self.stats.prompts[-49:], body["messages"]]
         if behaviour["mode"] == "error":
             return web.json_response(
-                {"error": {"message": "injected failure", "type": "server_error"}}, status=int(behaviour["status"])
+                {"error": {"message": "injected failure", "type": "server_error"}},
+                status=int(behaviour["status"]),
             )
         self.stats.active += 1
         self.stats.max_active = max(self.stats.max_active, self.stats.active)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         try:
             await response.prepare(request)
             await self.stream(request, response, body, question, behaviour)
@@ -103,7 +120,12 @@ class FakeGroq:
         return behaviour
 
     async def stream(
-        self, request: web.Request, response: web.StreamResponse, body: dict, question: str, behaviour: dict
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        body: dict,
+        question: str,
+        behaviour: dict,
     ) -> None:
         words = answer_words(question, int(behaviour["tokens"]))
         created = int(time.time())
@@ -116,10 +138,21 @@ class FakeGroq:
                 return
             if i:
                 await pause(request, float(behaviour["delay"]))
-            await send_event(response, chunk(body["model"], created, {"content": ("" if i == 0 else " ") + word}))
-        usage = {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]), "completion_tokens": len(words)}
+            await send_event(
+                response,
+                chunk(
+                    body["model"], created, {"content": ("" if i == 0 else " ") + word}
+                ),
+            )
+        usage = {
+            "prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+            "completion_tokens": len(words),
+        }
         final = chunk(body["model"], created, {}, finish_reason="stop")
-        final["x_groq"] = {"id": "req_fake", "usage": usage | {"total_tokens": usage["prompt_tokens"] + len(words)}}
+        final["x_groq"] = {
+            "id": "req_fake",
+            "usage": usage | {"total_tokens": usage["prompt_tokens"] + len(words)},
+        }
         await send_event(response, final)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -132,13 +165,22 @@ def answer_words(question: str, tokens: int) -> list[str]:
     return (words + [f"word{i}" for i in range(tokens)])[: max(tokens, 1)]
 
 
-def chunk(model: str, created: int, delta: dict, finish_reason: str | None = None) -> dict:
+def chunk(
+    model: str, created: int, delta: dict, finish_reason: str | None = None
+) -> dict:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [
+            {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
     }
 
 
@@ -206,7 +248,14 @@ def main() -> None:
     args = parser.parse_args()
     fake = FakeGroq()
     fake.config.update(tokens=args.tokens, delay=args.delay)
-    web.run_app(fake.app, host="127.0.0.1", port=args.port, access_log=None, backlog=2048, print=None)
+    web.run_app(
+        fake.app,
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        backlog=2048,
+        print=None,
+    )
 
 
 if __name__ == "__main__":

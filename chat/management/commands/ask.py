@@ -18,7 +18,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("question")
         parser.add_argument("--user", required=True)
-        parser.add_argument("--conversation", type=int, help="continue this conversation (default: a new one)")
+        parser.add_argument(
+            "--conversation",
+            type=int,
+            help="continue this conversation (default: a new one)",
+        )
 
     def handle(self, *args, question, user, conversation, **options):
         account = get_user_model().objects.filter(username=user).first()
@@ -26,10 +30,14 @@ class Command(BaseCommand):
             raise CommandError(f"no user named {user!r}")
         answer = asyncio.run(self._ask(account, question, conversation))
         if answer["status"] != "complete":
-            raise CommandError(f"the answer {answer['status']}: {answer.get('error', '')}")
+            raise CommandError(
+                f"the answer {answer['status']}: {answer.get('error', '')}"
+            )
 
     async def _ask(self, account, question: str, conversation: int | None) -> dict:
-        asked = await database_sync_to_async(do_record_question)(account, conversation, question, str(uuid.uuid4()))
+        asked = await database_sync_to_async(do_record_question)(
+            account, conversation, question, str(uuid.uuid4())
+        )
         outcome: dict = {}
 
         async def show(frame: dict) -> None:
@@ -51,7 +59,21 @@ class Command(BaseCommand):
     def _print_sources(self, frame: dict) -> None:
         self.stdout.write("\n")
         for source in frame["sources"]:
-            where = ", ".join(x for x in (source["title"], f"page {source['page']}" if source["page"] else "", source["section"]) if x)
-            self.stdout.write(f"[{source['n']}] {where} (similarity {source['similarity']:.2f})")
+            where = ", ".join(
+                x
+                for x in (
+                    source["title"],
+                    f"page {source['page']}" if source["page"] else "",
+                    source["section"],
+                )
+                if x
+            )
+            self.stdout.write(
+                f"[{source['n']}] {where} (similarity {source['similarity']:.2f})"
+            )
         timings = frame["timings"]
-        self.stdout.write(self.style.NOTICE(f"answer #{frame['message_id']}: {frame['status']} · timings {timings}"))
+        self.stdout.write(
+            self.style.NOTICE(
+                f"answer #{frame['message_id']}: {frame['status']} · timings {timings}"
+            )
+        )

@@ -18,10 +18,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("paths", nargs="+", type=Path)
-        parser.add_argument("--collection", required=True, help="collection name (created if missing)")
-        parser.add_argument("--owner", help="owner username for a new collection (default: first superuser)")
-        parser.add_argument("--public", action="store_true", help="make a new collection readable by everyone")
-        parser.add_argument("--now", action="store_true", help="process here and now instead of queueing")
+        parser.add_argument(
+            "--collection", required=True, help="collection name (created if missing)"
+        )
+        parser.add_argument(
+            "--owner",
+            help="owner username for a new collection (default: first superuser)",
+        )
+        parser.add_argument(
+            "--public",
+            action="store_true",
+            help="make a new collection readable by everyone",
+        )
+        parser.add_argument(
+            "--now",
+            action="store_true",
+            help="process here and now instead of queueing",
+        )
 
     def handle(self, *args, paths, collection, owner, public, now, **options):
         missing = [str(p) for p in paths if not p.exists()]
@@ -33,14 +46,29 @@ class Command(BaseCommand):
             raise CommandError("no ingestible files found")
         if not now:
             for path in files:
-                result = do_add_document(target, path.name, path.read_bytes(), source_path=str(path.resolve()))
-                state = "queued" if result.created else f"unchanged ({result.document.status})"
+                result = do_add_document(
+                    target,
+                    path.name,
+                    path.read_bytes(),
+                    source_path=str(path.resolve()),
+                )
+                state = (
+                    "queued"
+                    if result.created
+                    else f"unchanged ({result.document.status})"
+                )
                 self.stdout.write(f"{state:<10} {path}")
             return
         failed = 0
         for path in files:
-            with tqdm(total=0, desc=path.name[:40], unit="chunk", disable=None, leave=False) as bar:
-                result = do_ingest_file(path, target, progress=lambda done, total: _advance(bar, done, total))
+            with tqdm(
+                total=0, desc=path.name[:40], unit="chunk", disable=None, leave=False
+            ) as bar:
+                result = do_ingest_file(
+                    path,
+                    target,
+                    progress=lambda done, total: _advance(bar, done, total),
+                )
             failed += self._report(path, result)
         if failed:
             raise CommandError(f"{failed} of {len(files)} file(s) failed")
@@ -50,9 +78,15 @@ class Command(BaseCommand):
         if existing:
             return existing
         users = get_user_model().objects
-        user = users.filter(username=owner).first() if owner else users.filter(is_superuser=True).first()
+        user = (
+            users.filter(username=owner).first()
+            if owner
+            else users.filter(is_superuser=True).first()
+        )
         if user is None:
-            raise CommandError("a new collection needs an owner: pass --owner USERNAME (an existing user)")
+            raise CommandError(
+                "a new collection needs an owner: pass --owner USERNAME (an existing user)"
+            )
         return Collection.objects.create(name=name, owner=user, is_public=public)
 
     def _report(self, path: Path, result) -> int:
@@ -60,7 +94,9 @@ class Command(BaseCommand):
         if not result.created:
             self.stdout.write(f"unchanged  {path} (already ingested as #{document.pk})")
         elif document.status == Document.Status.READY:
-            self.stdout.write(self.style.SUCCESS(f"ready      {path}: {document.chunks_total} chunks"))
+            self.stdout.write(
+                self.style.SUCCESS(f"ready      {path}: {document.chunks_total} chunks")
+            )
         else:
             self.stderr.write(self.style.ERROR(f"failed     {path}: {document.error}"))
             return 1

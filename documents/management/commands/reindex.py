@@ -19,7 +19,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--changed", action="store_true")
         parser.add_argument("--collection", help="only this collection")
-        parser.add_argument("--now", action="store_true", help="process here and now instead of queueing")
+        parser.add_argument(
+            "--now",
+            action="store_true",
+            help="process here and now instead of queueing",
+        )
 
     def handle(self, *args, changed, collection, now, **options):
         documents = Document.objects.exclude(status__in=[Document.Status.PENDING])
@@ -33,7 +37,9 @@ class Command(BaseCommand):
             if now:
                 do_process_document(document.pk)
                 document.refresh_from_db()
-            self.stdout.write(f"{'reindexed' if now else 'queued':<10} {document.title} ({document.status})")
+            self.stdout.write(
+                f"{'reindexed' if now else 'queued':<10} {document.title} ({document.status})"
+            )
             count += 1
         self.stdout.write(f"{count} document(s)")
 

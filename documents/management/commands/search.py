@@ -23,6 +23,16 @@ class Command(BaseCommand):
         if not hits:
             self.stdout.write("no results (nothing readable matches)")
         for n, hit in enumerate(hits, start=1):
-            where = ", ".join(x for x in (hit.title, f"page {hit.page}" if hit.page else "", hit.section) if x)
-            self.stdout.write(f"[{n}] score={hit.score:.4f} similarity={hit.similarity:.3f}  {where}")
+            where = ", ".join(
+                x
+                for x in (
+                    hit.title,
+                    f"page {hit.page}" if hit.page else "",
+                    hit.section,
+                )
+                if x
+            )
+            self.stdout.write(
+                f"[{n}] score={hit.score:.4f} similarity={hit.similarity:.3f}  {where}"
+            )
             self.stdout.write(f"     {snippet(hit.text)}")

@@ -19,7 +19,11 @@ class Command(BaseCommand):
         user = self._demo_user()
         collection, _ = Collection.objects.get_or_create(
             name=DEMO_COLLECTION,
-            defaults={"owner": user, "is_public": True, "description": "How DocChat works, configured and run."},
+            defaults={
+                "owner": user,
+                "is_public": True,
+                "description": "How DocChat works, configured and run.",
+            },
         )
         for path in find_files([settings.DEMO_DOCS_DIR]):
             result = do_ingest_file(path, collection)
@@ -30,14 +34,20 @@ class Command(BaseCommand):
         users = get_user_model().objects
         user = users.filter(username=settings.DEMO_USERNAME).first()
         if user is not None:
-            if settings.DEMO_PASSWORD and not user.check_password(settings.DEMO_PASSWORD):
+            if settings.DEMO_PASSWORD and not user.check_password(
+                settings.DEMO_PASSWORD
+            ):
                 user.set_password(settings.DEMO_PASSWORD)
                 user.save()
             return user
         password = settings.DEMO_PASSWORD or secrets.token_urlsafe(12)
-        user = users.create_superuser(settings.DEMO_USERNAME, email="", password=password)
+        user = users.create_superuser(
+            settings.DEMO_USERNAME, email="", password=password
+        )
         shown = "from DEMO_PASSWORD" if settings.DEMO_PASSWORD else password
-        self.stdout.write(self.style.WARNING(
-            f"Demo user created: {settings.DEMO_USERNAME} / {shown}  (shown once; it is an admin too)"
-        ))
+        self.stdout.write(
+            self.style.WARNING(
+                f"Demo user created: {settings.DEMO_USERNAME} / {shown}  (shown once; it is an admin too)"
+            )
+        )
         return user
