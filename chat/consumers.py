@@ -28,6 +28,10 @@ CLOSE_UNAUTHENTICATED = 4401
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
+    # Deltas go straight to this socket, never through the channel layer, so a chat connection
+    # does not subscribe to it: no Redis listener per connection, and a Redis outage cannot
+    # break open chats. (An alias that is not configured gives no layer.)
+    channel_layer_alias = "chat-direct"
     async def connect(self) -> None:
         user = self.scope.get("user")
         self.tasks: dict[int, asyncio.Task] = {}
