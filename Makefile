@@ -10,7 +10,7 @@ PORT ?= 8000
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.test-installed
 
-.PHONY: run test lint bench serve setup
+.PHONY: run test lint bench setup
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,9 @@ setup: $(INSTALLED)
 	$(PY) manage.py setup_demo
 
 run: setup
-	@echo "DocChat on http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
+	@echo "DocChat on http://$(HOST):$(PORT)/ (Ctrl-C stops it); background worker started beside it"
+	$(PY) manage.py worker --no-startup-delay & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) config.asgi:application
 
 test: $(TEST_INSTALLED)

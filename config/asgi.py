@@ -3,12 +3,17 @@
 Importing this module must not connect to the database or start any server.
 """
 
+import logging
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
+
+from config.settings import describe_configuration  # noqa: E402
+
+logging.getLogger("config").info("configuration: %s", describe_configuration())  # secrets masked
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
