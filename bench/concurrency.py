@@ -72,19 +72,11 @@ QUESTIONS = [
 # --- command line -----------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--levels", default="1,10,50,100,200", help="comma-separated concurrency levels"
-    )
+    parser.add_argument("--levels", default="1,10,50,100,200", help="comma-separated concurrency levels")
     parser.add_argument("--tokens", type=int, default=50, help="tokens per fake answer")
-    parser.add_argument(
-        "--delay", type=float, default=0.02, help="seconds between fake tokens"
-    )
-    parser.add_argument(
-        "--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne"
-    )
-    parser.add_argument(
-        "--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS"
-    )
+    parser.add_argument("--delay", type=float, default=0.02, help="seconds between fake tokens")
+    parser.add_argument("--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne")
+    parser.add_argument("--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS")
     parser.add_argument(
         "--solo-runs",
         type=int,
@@ -103,9 +95,7 @@ def parse_args() -> argparse.Namespace:
         default=20.0,
         help="seconds to open one WebSocket",
     )
-    parser.add_argument(
-        "--log-dir", default="/tmp", help="where daphne's and the fake server's logs go"
-    )
+    parser.add_argument("--log-dir", default="/tmp", help="where daphne's and the fake server's logs go")
     args = parser.parse_args()
     args.levels = [int(level) for level in args.levels.split(",") if level.strip()]
     if not args.levels or min(args.levels) < 1:
@@ -161,9 +151,7 @@ def ensure_documents(owner) -> None:
     from documents.ingest import do_ingest_file
     from documents.models import Collection
 
-    collection, _ = Collection.objects.get_or_create(
-        name=COLLECTION, defaults={"owner": owner, "is_public": True}
-    )
+    collection, _ = Collection.objects.get_or_create(name=COLLECTION, defaults={"owner": owner, "is_public": True})
     with tempfile.TemporaryDirectory(prefix="docchat-bench-") as folder:
         for name, text in DOCS.items():
             path = Path(folder) / name
@@ -191,9 +179,7 @@ def free_port() -> int:
 
 def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -201,9 +187,7 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"{process.args[0]} exited with {process.returncode} before {url} answered"
-            )
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -228,9 +212,7 @@ def stop(process: subprocess.Popen | None) -> None:
 
 def http_json(url: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
@@ -263,9 +245,7 @@ class Servers:
 
     def reset_llm_stats(self, args: argparse.Namespace) -> None:
         http_json(f"{self.groq_url}/_reset", {})
-        http_json(
-            f"{self.groq_url}/_config", {"tokens": args.tokens, "delay": args.delay}
-        )
+        http_json(f"{self.groq_url}/_config", {"tokens": args.tokens, "delay": args.delay})
 
     def llm_stats(self) -> dict:
         return http_json(f"{self.groq_url}/_stats")
@@ -316,9 +296,7 @@ def daphne_env(args: argparse.Namespace, servers: Servers) -> dict[str, str]:
 def start_servers(args: argparse.Namespace, servers: Servers) -> None:
     servers.groq = spawn(servers.groq_cmd, bench_env(), servers.groq_log)
     wait_http(f"{servers.groq_url}/_stats", servers.groq, timeout=30)
-    servers.daphne = spawn(
-        servers.daphne_cmd, daphne_env(args, servers), servers.daphne_log
-    )
+    servers.daphne = spawn(servers.daphne_cmd, daphne_env(args, servers), servers.daphne_log)
     wait_http(f"{servers.daphne_url}/healthz", servers.daphne, timeout=90)
 
 
@@ -327,20 +305,14 @@ def start_servers(args: argparse.Namespace, servers: Servers) -> None:
 class Result:
     question: str
     connect: float | None = None  # seconds to open the WebSocket
-    ack: float | None = (
-        None  # seconds from ask to the ack frame (the question is stored)
-    )
+    ack: float | None = None  # seconds from ask to the ack frame (the question is stored)
     first_token: float | None = None  # seconds from ask to the first delta frame
     total: float | None = None  # seconds from ask to the finish frame
     errors: list[str] = field(default_factory=list)
-    server: dict[str, float] = field(
-        default_factory=dict
-    )  # the finish frame's timings (from after ack)
+    server: dict[str, float] = field(default_factory=dict)  # the finish frame's timings (from after ack)
 
 
-async def open_socket(
-    url: str, origin: str, cookie: str, timeout: float, result: Result
-):
+async def open_socket(url: str, origin: str, cookie: str, timeout: float, result: Result):
     from websockets.asyncio.client import connect
 
     started = time.perf_counter()
@@ -380,12 +352,8 @@ async def ask(socket_, result: Result, timeout: float) -> None:
                 if kind == "ack":
                     result.ack = time.perf_counter() - started
                     answer_id = reply.get("answer_id")
-                elif (
-                    kind in ("delta", "finish") and reply.get("message_id") != answer_id
-                ):
-                    note(
-                        result, "crossover"
-                    )  # a frame of another answer on this socket
+                elif kind in ("delta", "finish") and reply.get("message_id") != answer_id:
+                    note(result, "crossover")  # a frame of another answer on this socket
                 if kind == "delta" and result.first_token is None:
                     result.first_token = time.perf_counter() - started
                 elif kind == "error":
@@ -406,13 +374,9 @@ def check_finish(frame: dict, result: Result) -> None:
     if frame.get("status") != "complete":
         result.errors.append(f"finish status: {frame.get('status')}")
     elif text.startswith("I could not find"):
-        result.errors.append(
-            "not found (retrieval found nothing, the LLM was not called)"
-        )
+        result.errors.append("not found (retrieval found nothing, the LLM was not called)")
     elif f"«{result.question}»" not in text:
-        note(
-            result, "crossover"
-        )  # not this client's own answer (the fake LLM echoes it)
+        note(result, "crossover")  # not this client's own answer (the fake LLM echoes it)
 
 
 def note(result: Result, error: str) -> None:
@@ -420,9 +384,7 @@ def note(result: Result, error: str) -> None:
         result.errors.append(error)
 
 
-async def client(
-    url: str, origin: str, cookie: str, go: asyncio.Event, result: Result, args
-) -> None:
+async def client(url: str, origin: str, cookie: str, go: asyncio.Event, result: Result, args) -> None:
     """One user: connect, wait for the start signal, ask, close."""
     socket_ = await open_socket(url, origin, cookie, args.connect_timeout, result)
     try:
@@ -434,23 +396,16 @@ async def client(
             await socket_.close()
 
 
-async def run_level(
-    n: int, cookies: list[str], servers: Servers, args, tag: str = ""
-) -> list[Result]:
+async def run_level(n: int, cookies: list[str], servers: Servers, args, tag: str = "") -> list[Result]:
     """N clients connect, wait for every other one, then all ask at once."""
     url = f"ws://127.0.0.1:{servers.daphne_port}/ws/chat/"
     origin = servers.daphne_url
     go = asyncio.Event()
     results = [Result(f"{QUESTIONS[i % len(QUESTIONS)]} #{tag}{i}") for i in range(n)]
-    tasks = [
-        asyncio.create_task(client(url, origin, cookies[i], go, results[i], args))
-        for i in range(n)
-    ]
+    tasks = [asyncio.create_task(client(url, origin, cookies[i], go, results[i], args)) for i in range(n)]
     await wait_until_connected(results, args.connect_timeout + 5)
     go.set()
-    _, pending = await asyncio.wait(
-        tasks, timeout=args.answer_timeout + args.connect_timeout + 15
-    )
+    _, pending = await asyncio.wait(tasks, timeout=args.answer_timeout + args.connect_timeout + 15)
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -488,9 +443,7 @@ def cpu_seconds(pid: int) -> float:
 
 def machine_cpu_seconds() -> float:
     """Busy CPU time of the whole machine so far (all cores, idle and iowait excluded)."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-        int, Path("/proc/stat").read_text().split()[1:9]
-    )
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
@@ -506,10 +459,7 @@ class CpuMeter:
 
     def percent(self) -> dict[str, float]:
         wall = time.monotonic() - self.start
-        used = {
-            name: cpu_seconds(pid) - self.before[name]
-            for name, pid in self.pids.items()
-        }
+        used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
         used["machine"] = machine_cpu_seconds() - self.machine_before
         return {name: 100 * seconds / wall for name, seconds in used.items()}
 
@@ -523,16 +473,10 @@ class LevelSummary:
     cpu: dict[str, float] = field(default_factory=dict)
 
     def ok(self, attr: str) -> list[float]:
-        return [
-            getattr(r, attr)
-            for r in self.results
-            if not r.errors and getattr(r, attr) is not None
-        ]
+        return [getattr(r, attr) for r in self.results if not r.errors and getattr(r, attr) is not None]
 
     def server(self, stage: str) -> list[float]:
-        return [
-            r.server[stage] for r in self.results if not r.errors and stage in r.server
-        ]
+        return [r.server[stage] for r in self.results if not r.errors and stage in r.server]
 
     @property
     def errors(self) -> int:
@@ -570,9 +514,7 @@ def print_table(summaries: list[LevelSummary]) -> None:
     print_breakdown(summaries)
     for s in summaries:
         if s.errors:
-            kinds = ", ".join(
-                f"{kind} x{count}" for kind, count in s.error_kinds().most_common()
-            )
+            kinds = ", ".join(f"{kind} x{count}" for kind, count in s.error_kinds().most_common())
             print(f"  N={s.n}: {kinds}")
 
 
@@ -583,17 +525,10 @@ def print_breakdown(summaries: list[LevelSummary]) -> None:
     """Where the time goes, p50 per level: ack as the client saw it, then the server's own timings
     (``chat.answering``; they count from the answer task's start, just after the ack is sent)."""
     print()
-    print(
-        "p50 breakdown:  N   ack (question stored)  server: "
-        + "  ".join(f"{s:>11}" for s in SERVER_STAGES)
-    )
+    print("p50 breakdown:  N   ack (question stored)  server: " + "  ".join(f"{s:>11}" for s in SERVER_STAGES))
     for s in summaries:
-        stages = "  ".join(
-            f"{fmt(percentile(s.server(stage), 50)):>11}" for stage in SERVER_STAGES
-        )
-        print(
-            f"             {s.n:>4}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}"
-        )
+        stages = "  ".join(f"{fmt(percentile(s.server(stage), 50)):>11}" for stage in SERVER_STAGES)
+        print(f"             {s.n:>4}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}")
 
 
 def machine_busy(seconds: float) -> float:
@@ -606,15 +541,11 @@ def code_version() -> str:
     """The commit measured, and whether the work tree differed from it."""
 
     def git(*command: str) -> str:
-        return subprocess.run(
-            ["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
+        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
 
     try:
         changed = git("status", "--porcelain", "--untracked-files=no")
-        return f"git {git('rev-parse', '--short', 'HEAD')}" + (
-            " + uncommitted changes" if changed else ""
-        )
+        return f"git {git('rev-parse', '--short', 'HEAD')}" + (" + uncommitted changes" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
 
@@ -639,16 +570,12 @@ def print_machine(args: argparse.Namespace, servers: Servers) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------------
-async def measure(
-    args, servers: Servers, cookies: list[str], summaries: list[LevelSummary]
-) -> None:
+async def measure(args, servers: Servers, cookies: list[str], summaries: list[LevelSummary]) -> None:
     """Warm up (loads the embedding model), then each level in turn; appends to ``summaries`` so
     the levels measured so far survive a failure."""
     warm = await run_level(1, cookies, servers, args, tag="warmup-")
     if warm[0].errors:
-        raise RuntimeError(
-            f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})"
-        )
+        raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})")
     for n in args.levels:
         servers.reset_llm_stats(args)
         runs = args.solo_runs if n == 1 else 1
@@ -666,9 +593,7 @@ async def measure(
             peak = max(peak, servers.llm_stats()["max_active"])
             await asyncio.sleep(0.5)  # let the last writes settle before the next run
         summaries.append(LevelSummary(n, runs, results, peak, cpu.percent()))
-        print(
-            f"  N={n}: done ({sum(1 for r in results if r.errors)} errors)", flush=True
-        )
+        print(f"  N={n}: done ({sum(1 for r in results if r.errors)} errors)", flush=True)
         if servers.crashed():
             break
 

@@ -42,9 +42,7 @@ def access_conversation(user, conversation_id: int) -> Conversation:
 
 def access_answer(user, answer_id: int) -> Message:
     try:
-        return Message.objects.get(
-            pk=answer_id, conversation__user=user, role=Message.Role.ASSISTANT
-        )
+        return Message.objects.get(pk=answer_id, conversation__user=user, role=Message.Role.ASSISTANT)
     except Message.DoesNotExist:
         raise NotFound(f"message {answer_id} not found") from None
 
@@ -54,9 +52,7 @@ def title_from(question: str) -> str:
     return words if len(words) <= 60 else words[:59].rsplit(" ", 1)[0] + "…"
 
 
-def do_record_question(
-    user, conversation_id: int | None, text: str, client_id: str
-) -> Asked:
+def do_record_question(user, conversation_id: int | None, text: str, client_id: str) -> Asked:
     """Persist the question and an empty answer before any work that can fail; a resent question
     (same ``client_id``) returns the existing pair instead of a second one."""
     existing = _find_by_client_id(user, client_id)
@@ -65,9 +61,7 @@ def do_record_question(
     try:
         with transaction.atomic():
             if conversation_id is None:
-                conversation = Conversation.objects.create(
-                    user=user, title=title_from(text)
-                )
+                conversation = Conversation.objects.create(user=user, title=title_from(text))
             else:
                 conversation = access_conversation(user, conversation_id)
             history = _history(conversation)
@@ -90,9 +84,7 @@ def do_record_question(
         if found is None:
             raise
         return found
-    return Asked(
-        conversation.pk, question.pk, answer.pk, text, duplicate=False, history=history
-    )
+    return Asked(conversation.pk, question.pk, answer.pk, text, duplicate=False, history=history)
 
 
 def _find_by_client_id(user, client_id: str) -> Asked | None:

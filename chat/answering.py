@@ -13,10 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
+from common.db import db_async
 from documents.embedding import embed_query
 from documents.search import Hit, search
 from monitoring import metrics
@@ -70,17 +70,8 @@ class RetrievalFailed(Exception):
 
     def __init__(self, detail: str, retry_in: float | None = None) -> None:
         super().__init__(detail)
-        wait = (
-            f" Please retry in {retry_in:.0f} s."
-            if retry_in
-            else " Please retry shortly."
-        )
-        self.user_message = (
-            "Searching your documents failed ("
-            + detail
-            + "); your question was saved."
-            + wait
-        )
+        wait = f" Please retry in {retry_in:.0f} s." if retry_in else " Please retry shortly."
+        self.user_message = "Searching your documents failed (" + detail + "); your question was saved." + wait
 
 
 async def answer_question(user, asked: Asked, send: Send) -> Answer:
@@ -97,9 +88,7 @@ async def answer_question(user, asked: Asked, send: Send) -> Answer:
     except (LLMError, GenerationQueueTimeout, RetrievalFailed) as exc:
         logger.warning("answer %s failed: %s", asked.answer_id, exc)
         answer.status, answer.error_code = Message.Status.FAILED, exc.code
-        await send(
-            protocol.error_frame(exc.code, exc.user_message, message_id=asked.answer_id)
-        )
+        await send(protocol.error_frame(exc.code, exc.user_message, message_id=asked.answer_id))
     except Exception:
         logger.exception("answer %s failed", asked.answer_id)
         answer.error_code = "internal_error"
@@ -125,9 +114,7 @@ async def _produce(user, answer: Answer, provider, send: Send) -> None:
     async def tell_position(position: int) -> None:
         await send(protocol.queued_frame(asked.answer_id, position))
 
-    async with generation_slots().slot(
-        settings.GENERATION_QUEUE_TIMEOUT, tell_position
-    ):
+    async with generation_slots().slot(settings.GENERATION_QUEUE_TIMEOUT, tell_position):
         answer.mark("slot")
         await send(protocol.start_frame(asked.answer_id, provider.name, provider.model))
         hits = await _retrieve(user, answer)
@@ -140,28 +127,20 @@ async def _produce(user, answer: Answer, provider, send: Send) -> None:
         messages = build_messages(asked.question, asked.history, hits)
         try:
             async with breakers().guard("llm"):
-                await _stream(
-                    answer, provider.stream(messages, answer.generation), send
-                )
+                await _stream(answer, provider.stream(messages, answer.generation), send)
         except (LLMError, CircuitOpen) as exc:
             if answer.parts:
                 raise  # part of an answer was shown: keep it, marked failed
             await _degrade(answer, hits, exc, send)
 
 
-async def _degrade(
-    answer: Answer, hits: list[Hit], cause: Exception, send: Send
-) -> None:
+async def _degrade(answer: Answer, hits: list[Hit], cause: Exception, send: Send) -> None:
     """The model is down: answer with the best passages themselves, clearly marked as such."""
     answer_id = answer.asked.answer_id
     answer.status = Message.Status.DEGRADED
-    answer.error_code = (
-        "llm_circuit_open" if isinstance(cause, CircuitOpen) else cause.code
-    )  # type: ignore[attr-defined]
+    answer.error_code = "llm_circuit_open" if isinstance(cause, CircuitOpen) else cause.code  # type: ignore[attr-defined]
     if isinstance(cause, LLMError):
-        await send(
-            protocol.error_frame(cause.code, cause.user_message, message_id=answer_id)
-        )
+        await send(protocol.error_frame(cause.code, cause.user_message, message_id=answer_id))
     await send(protocol.status_frame(answer_id, "degraded"))
     text = extractive_answer(hits)
     answer.parts = [text]
@@ -178,19 +157,13 @@ async def _retrieve(user, answer: Answer) -> list[Hit]:
             vector = await embed_query(query)
         answer.mark("embedding")
         async with breakers().guard("retrieval"):
-            hits = await database_sync_to_async(search)(user, query, vector)
+            hits = await db_async(search)(user, query, vector)
     except CircuitOpen as exc:
-        raise RetrievalFailed(
-            f"{exc.name} is paused after repeated failures", exc.retry_in
-        ) from None
+        raise RetrievalFailed(f"{exc.name} is paused after repeated failures", exc.retry_in) from None
     except TimeoutError:
         raise RetrievalFailed("the query embedding timed out") from None
     except DatabaseError as exc:
-        detail = (
-            "the search timed out"
-            if "statement timeout" in str(exc)
-            else "the database is unavailable"
-        )
+        detail = "the search timed out" if "statement timeout" in str(exc) else "the database is unavailable"
         raise RetrievalFailed(detail) from exc
     answer.mark("retrieval")
     answer.sources = [hit.as_source(n) for n, hit in enumerate(hits, start=1)]
@@ -198,10 +171,7 @@ async def _retrieve(user, answer: Answer) -> list[Hit]:
 
 
 def _has_relevant(hits: list[Hit]) -> bool:
-    return any(
-        hit.similarity >= settings.RETRIEVAL_MIN_SCORE or hit.keyword_match
-        for hit in hits
-    )
+    return any(hit.similarity >= settings.RETRIEVAL_MIN_SCORE or hit.keyword_match for hit in hits)
 
 
 async def _stream(answer: Answer, deltas, send: Send) -> None:
@@ -225,7 +195,16 @@ async def _stream(answer: Answer, deltas, send: Send) -> None:
 
 
 async def _persist(answer: Answer, provider) -> None:
-    await database_sync_to_async(do_finish_answer)(
+    """Write the final state; one retry on a fresh connection if the database dropped ours."""
+    try:
+        await _write_final_state(answer, provider)
+    except DatabaseError:
+        logger.warning("saving answer %s failed; retrying once", answer.asked.answer_id)
+        await _write_final_state(answer, provider)
+
+
+async def _write_final_state(answer: Answer, provider) -> None:
+    await db_async(do_finish_answer)(
         answer.asked.answer_id,
         text=answer.text,
         status=answer.status,

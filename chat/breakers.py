@@ -57,15 +57,11 @@ class Breakers:
     """The breakers of one event loop: shared (Redis) when configured, local memory otherwise."""
 
     def __init__(self) -> None:
-        self.local = AsyncCircuitBreakerFactory(
-            uow=AsyncInMemoryUnitOfWork(), exclude=NOT_FAILURES
-        )
+        self.local = AsyncCircuitBreakerFactory(uow=AsyncInMemoryUnitOfWork(), exclude=NOT_FAILURES)
         self.shared = None
         if settings.REDIS_URL:
             url = _with_timeouts(settings.REDIS_URL)
-            self.shared = AsyncCircuitBreakerFactory(
-                uow=AsyncRedisUnitOfWork(url), exclude=NOT_FAILURES
-            )
+            self.shared = AsyncCircuitBreakerFactory(uow=AsyncRedisUnitOfWork(url), exclude=NOT_FAILURES)
         self.fallback_until = 0.0
         self.last_errors: dict[str, tuple[float, str]] = {}
 
@@ -74,11 +70,7 @@ class Breakers:
         return time.monotonic() < self.fallback_until
 
     def factory(self) -> AsyncCircuitBreakerFactory:
-        return (
-            self.shared
-            if self.shared is not None and not self.using_fallback
-            else self.local
-        )
+        return self.shared if self.shared is not None and not self.using_fallback else self.local
 
     @asynccontextmanager
     async def guard(self, name: str) -> AsyncIterator[None]:
@@ -88,9 +80,7 @@ class Breakers:
             breaker = await self._breaker(name, cfg)
             await breaker.__aenter__()
         except OpenedState as opened:
-            raise CircuitOpen(
-                name, max(0.0, opened.opened_at + cfg.ttl - time.time())
-            ) from None
+            raise CircuitOpen(name, max(0.0, opened.opened_at + cfg.ttl - time.time())) from None
         try:
             yield
         except BaseException as exc:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from common.db import db_async
 from monitoring import live, metrics
 
 from . import protocol
@@ -32,6 +33,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     # does not subscribe to it: no Redis listener per connection, and a Redis outage cannot
     # break open chats. (An alias that is not configured gives no layer.)
     channel_layer_alias = "chat-direct"
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         self.tasks: dict[int, asyncio.Task] = {}
@@ -43,6 +45,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         live.connection_opened()
         self.counted = True
+
+    async def dispatch(self, message) -> None:
+        # Channels closes stale DB connections before every message through its single sync
+        # thread; our DB calls (common.db) close their own, so that hop is skipped.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -66,18 +76,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # Wait so every answer is persisted as stopped before the consumer goes away.
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def receive(
-        self, text_data: str | None = None, bytes_data: bytes | None = None
-    ) -> None:
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         client_id = None
         try:
             frame = check_frame(text_data, bytes_data)
             client_id = frame.get("client_id")
             await self.handlers[frame["type"]](self, frame)
         except ProtocolError as exc:
-            await self.send_frame(
-                protocol.error_frame(exc.code, exc.message, client_id=exc.client_id)
-            )
+            await self.send_frame(protocol.error_frame(exc.code, exc.message, client_id=exc.client_id))
         except (RateLimited, TooManyGenerations) as exc:
             await self.send_frame(
                 protocol.error_frame(
@@ -88,11 +94,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 )
             )
         except NotFound as exc:
-            await self.send_frame(
-                protocol.error_frame(
-                    exc.code, str(exc).capitalize() + ".", client_id=client_id
-                )
-            )
+            await self.send_frame(protocol.error_frame(exc.code, str(exc).capitalize() + ".", client_id=client_id))
         except Exception:
             logger.exception("chat frame failed")
             await self.send_frame(
@@ -106,7 +108,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def handle_ask(self, frame: protocol.AskFrame) -> None:
         check_user_generations(self.user.pk)
         await question_limiter().check(self.user.pk)
-        asked = await database_sync_to_async(do_record_question)(
+        asked = await db_async(do_record_question)(
             self.user, frame["conversation_id"], frame["text"], frame["client_id"]
         )
         await self.send_frame(
@@ -127,7 +129,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         task = self.tasks.get(frame["message_id"])
         if task is None:
             # Not running here: make sure it is the user's (else not found), then nothing to do.
-            await database_sync_to_async(load_answer)(self.user, frame["message_id"])
+            await db_async(load_answer)(self.user, frame["message_id"])
             return
         task.cancel()
 
@@ -137,9 +139,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     handlers = {"ask": handle_ask, "stop": handle_stop, "ping": handle_ping}
 
     def _start_answer(self, asked: Asked) -> None:
-        task = asyncio.get_running_loop().create_task(
-            answer_question(self.user, asked, self.send_frame)
-        )
+        task = asyncio.get_running_loop().create_task(answer_question(self.user, asked, self.send_frame))
         self.tasks[asked.answer_id] = task
         release = track_user_generation(self.user.pk)
 
@@ -151,12 +151,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _replay(self, asked: Asked) -> None:
         """A resent question: show the stored answer if it has finished."""
-        if (
-            asked.answer_id in self.tasks
-            or asked.answer_status == Message.Status.PENDING
-        ):
+        if asked.answer_id in self.tasks or asked.answer_status == Message.Status.PENDING:
             return
-        message = await database_sync_to_async(load_answer)(self.user, asked.answer_id)
+        message = await db_async(load_answer)(self.user, asked.answer_id)
         await self.send_frame(finish_frame_for(message))
 
     async def send_frame(self, frame: dict) -> None:

@@ -92,9 +92,7 @@ class TooManyGenerations(Exception):
         )
 
 
-_user_generations: Counter[int] = (
-    Counter()
-)  # answers in progress per user in this process
+_user_generations: Counter[int] = Counter()  # answers in progress per user in this process
 
 
 def check_user_generations(user_id: int) -> None:

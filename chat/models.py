@@ -5,20 +5,14 @@ from django.db import models
 
 
 class Conversation(models.Model):
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-updated_at"]
-        indexes = [
-            models.Index(
-                fields=["user", "-updated_at"], name="conversation_user_recent"
-            )
-        ]
+        indexes = [models.Index(fields=["user", "-updated_at"], name="conversation_user_recent")]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
@@ -37,18 +31,12 @@ class Message(models.Model):
         FAILED = "failed"
         DEGRADED = "degraded"
 
-    conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="messages"
-    )
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=10, choices=Role.choices)
     text = models.TextField(blank=True)
-    status = models.CharField(
-        max_length=10, choices=Status.choices, default=Status.COMPLETE
-    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETE)
     client_id = models.UUIDField(null=True, blank=True)
-    reply_to = models.OneToOneField(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="reply"
-    )
+    reply_to = models.OneToOneField("self", null=True, blank=True, on_delete=models.CASCADE, related_name="reply")
     sources = models.JSONField(default=list, blank=True)
     timings = models.JSONField(default=dict, blank=True)
     error_code = models.CharField(max_length=40, blank=True)

@@ -17,9 +17,7 @@ NOT_FOUND_ANSWER = (
     "I could not find anything about this in your documents, so I won't guess. "
     "Try rephrasing the question, or check that the relevant document has been uploaded."
 )
-CHARS_PER_TOKEN = (
-    4  # rough size of an English token; only used to bound the memory window
-)
+CHARS_PER_TOKEN = 4  # rough size of an English token; only used to bound the memory window
 
 
 @dataclass(frozen=True)
@@ -70,16 +68,11 @@ DEGRADED_PREFIX = (
 
 def extractive_answer(hits: list[Hit], limit: int = 3) -> str:
     """A degraded answer: the best passages themselves, cited, with no generated text."""
-    quotes = [
-        f"> {' '.join(hit.text.split())[:600]} [{n}]"
-        for n, hit in enumerate(hits[:limit], start=1)
-    ]
+    quotes = [f"> {' '.join(hit.text.split())[:600]} [{n}]" for n, hit in enumerate(hits[:limit], start=1)]
     return "\n\n".join([DEGRADED_PREFIX, *quotes])
 
 
-def build_messages(
-    question: str, history: list[Turn], hits: list[Hit]
-) -> list[ChatMessage]:
+def build_messages(question: str, history: list[Turn], hits: list[Hit]) -> list[ChatMessage]:
     messages: list[ChatMessage] = [{"role": "system", "content": SYSTEM_PROMPT}]
     messages += [{"role": turn.role, "content": turn.text} for turn in history]
     messages.append(

@@ -16,9 +16,7 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.client_id: str | None = (
-            None  # echoed so the client can match the error to its question
-        )
+        self.client_id: str | None = None  # echoed so the client can match the error to its question
 
 
 class AskFrame(TypedDict):
@@ -36,9 +34,7 @@ class StopFrame(TypedDict):
 def check_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
     """The parsed, validated frame; raises ``ProtocolError`` with a code for anything else."""
     if text_data is None:
-        raise ProtocolError(
-            "invalid_frame", "Binary frames are not supported; send JSON text."
-        )
+        raise ProtocolError("invalid_frame", "Binary frames are not supported; send JSON text.")
     if len(text_data.encode()) > settings.MAX_FRAME_BYTES:
         raise ProtocolError(
             "frame_too_large",
@@ -52,9 +48,7 @@ def check_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         raise ProtocolError("invalid_frame", "A frame must be a JSON object.")
     checker = _CHECKERS.get(frame.get("type"))  # type: ignore[arg-type]
     if checker is None:
-        raise ProtocolError(
-            "unknown_type", f"Unknown frame type {str(frame.get('type'))[:40]!r}."
-        )
+        raise ProtocolError("unknown_type", f"Unknown frame type {str(frame.get('type'))[:40]!r}.")
     try:
         return checker(frame)
     except ProtocolError as exc:
@@ -79,12 +73,8 @@ def check_ask(frame: dict[str, Any]) -> AskFrame:
             f"Questions are limited to {settings.MAX_QUESTION_CHARS} characters.",
         )
     conversation_id = frame.get("conversation_id")
-    if conversation_id is not None and (
-        not isinstance(conversation_id, int) or isinstance(conversation_id, bool)
-    ):
-        raise ProtocolError(
-            "invalid_field", "'conversation_id' must be an integer or null."
-        )
+    if conversation_id is not None and (not isinstance(conversation_id, int) or isinstance(conversation_id, bool)):
+        raise ProtocolError("invalid_field", "'conversation_id' must be an integer or null.")
     client_id = valid_uuid(frame.get("client_id"))
     if client_id is None:
         raise ProtocolError("missing_field", "'client_id' must be a UUID.")

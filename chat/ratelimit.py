@@ -68,11 +68,7 @@ class QuestionLimiter:
         return time.monotonic() < self.fallback_until
 
     async def _limiter(self) -> MovingWindowRateLimiter:
-        return (
-            self.shared
-            if self.shared is not None and not self.using_fallback
-            else self.local
-        )
+        return self.shared if self.shared is not None and not self.using_fallback else self.local
 
     def _fall_back(self) -> MovingWindowRateLimiter:
         logger.warning(

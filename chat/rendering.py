@@ -24,9 +24,7 @@ def render_answer(text: str, source_count: int) -> str:
     def cite(match: re.Match) -> str:
         n = int(match.group(1))
         if 1 <= n <= source_count:
-            return (
-                f'<sup><a class="cite" href="#source-{n}" data-n="{n}">[{n}]</a></sup>'
-            )
+            return f'<sup><a class="cite" href="#source-{n}" data-n="{n}">[{n}]</a></sup>'
         return match.group(0)
 
     html = _CITATION.sub(cite, html)

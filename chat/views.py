@@ -73,9 +73,7 @@ def _rename(request, conversation: Conversation) -> JsonResponse:
     except (ValueError, AttributeError):
         return JsonResponse({"error": 'send JSON like {"title": "..."}'}, status=400)
     if not isinstance(title, str) or not title.strip():
-        return JsonResponse(
-            {"error": "the title must be a non-empty string"}, status=400
-        )
+        return JsonResponse({"error": "the title must be a non-empty string"}, status=400)
     conversation.title = " ".join(title.split())[:MAX_TITLE]
     conversation.save(update_fields=["title", "updated_at"])
     return JsonResponse({"id": conversation.pk, "title": conversation.title})
@@ -88,9 +86,7 @@ def _messages(conversation: Conversation) -> list[dict]:
             "role": m.role,
             "text": m.text,
             "status": m.status,
-            "html": render_answer(m.text, len(m.sources))
-            if m.role == Message.Role.ASSISTANT
-            else "",
+            "html": render_answer(m.text, len(m.sources)) if m.role == Message.Role.ASSISTANT else "",
             "sources": m.sources,
             "timings": m.timings,
             "error_code": m.error_code,

@@ -33,9 +33,7 @@ def env_bool(name: str, default: bool) -> bool:
         return True
     if raw.strip().lower() in _FALSE:
         return False
-    raise ImproperlyConfigured(
-        f"{name} must be a boolean (1/0, true/false), got {raw!r}"
-    )
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
 
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:
@@ -77,9 +75,7 @@ def env_url(name: str, schemes: tuple[str, ...]) -> str | None:
         return None
     parts = urlsplit(raw)
     if parts.scheme not in schemes or not (parts.hostname or parts.path):
-        raise ImproperlyConfigured(
-            f"{name} must be a URL with scheme {'/'.join(schemes)}, got {mask_url(raw)!r}"
-        )
+        raise ImproperlyConfigured(f"{name} must be a URL with scheme {'/'.join(schemes)}, got {mask_url(raw)!r}")
     return raw
 
 
@@ -97,9 +93,7 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG and env_bool("DJANGO_PRODUCTION", False):
-        raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY must be set when DJANGO_PRODUCTION=1"
-        )
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_PRODUCTION=1")
     # Development default: stable per checkout so sessions survive restarts, never used in
     # production (DJANGO_PRODUCTION=1 refuses to start without a real key).
     SECRET_KEY = "dev-only-" + str(BASE_DIR).encode().hex()[:40]
@@ -166,23 +160,21 @@ DB_POOL_TIMEOUT = env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1)
 DB_CONNECT_TIMEOUT = env_int("DB_CONNECT_TIMEOUT", 5, minimum=1)
 DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 15000)
 if DB_POOL_MIN > DB_POOL_MAX:
-    raise ImproperlyConfigured(
-        f"DB_POOL_MIN ({DB_POOL_MIN}) must be <= DB_POOL_MAX ({DB_POOL_MAX})"
-    )
+    raise ImproperlyConfigured(f"DB_POOL_MIN ({DB_POOL_MIN}) must be <= DB_POOL_MAX ({DB_POOL_MAX})")
 
 _POOL = {"min_size": DB_POOL_MIN, "max_size": DB_POOL_MAX, "timeout": DB_POOL_TIMEOUT}
 _DB_OPTIONS = {
     "pool": _POOL,
     "connect_timeout": DB_CONNECT_TIMEOUT,
     "options": f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
+    # Names this process's connections in pg_stat_activity (monitoring, and tests counting them).
+    "application_name": env_str("DB_APPLICATION_NAME", "docchat"),
 }
 if DATABASE_URL:
     try:
         _db = dj_database_url.parse(DATABASE_URL)
     except ValueError as exc:
-        raise ImproperlyConfigured(
-            f"DATABASE_URL is invalid ({exc}): {mask_url(DATABASE_URL)}"
-        ) from None
+        raise ImproperlyConfigured(f"DATABASE_URL is invalid ({exc}): {mask_url(DATABASE_URL)}") from None
     _db["ENGINE"] = "django.db.backends.postgresql"
     _db["OPTIONS"] = {**_db.get("OPTIONS", {}), **_DB_OPTIONS}
 else:
@@ -194,9 +186,10 @@ else:
         "OPTIONS": _DB_OPTIONS,
         "EMBEDDED_PGDATA": str(VAR_DIR / "pg"),
     }
-_db["CONN_MAX_AGE"] = (
-    0  # required by the psycopg pool: the pool, not Django, keeps connections
-)
+_db["CONN_MAX_AGE"] = 0  # required by the psycopg pool: the pool, not Django, keeps connections
+# The pool checks a connection before lending it, so connections killed by a database restart
+# are replaced instead of failing the next request.
+_db["CONN_HEALTH_CHECKS"] = True
 _db["TEST"] = {"NAME": env_str("TEST_DB_NAME", "test_docchat")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -266,6 +259,9 @@ MEDIA_URL = "media/"
 EMBEDDING_DIM = 384
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1)
 EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 1, minimum=1)
+# torch's own threads per encode: 1 measured faster under contention on 2 cores (a query 35-54 ms
+# vs 124-497 ms with 2; a 64-query batch 327 vs 522 ms).
+EMBEDDING_TORCH_THREADS = env_int("EMBEDDING_TORCH_THREADS", 1, minimum=1)
 CHUNK_TOKENS = env_int("CHUNK_TOKENS", 200, minimum=32)
 CHUNK_OVERLAP_TOKENS = env_int("CHUNK_OVERLAP_TOKENS", 40)
 RETRIEVAL_TOP_K = env_int("RETRIEVAL_TOP_K", 5, minimum=1)
@@ -274,19 +270,13 @@ HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 MAX_PDF_PAGES = env_int("MAX_PDF_PAGES", 2000, minimum=1)
 # A DOCX is a zip: refused when its parts would inflate beyond this (zip-bomb protection).
-MAX_DOCX_UNCOMPRESSED_BYTES = env_int(
-    "MAX_DOCX_UNCOMPRESSED_BYTES", 200 * 1024 * 1024, minimum=1
-)
-DATA_UPLOAD_MAX_MEMORY_SIZE = (
-    10 * 1024 * 1024
-)  # form fields; files stream to disk (below)
+MAX_DOCX_UNCOMPRESSED_BYTES = env_int("MAX_DOCX_UNCOMPRESSED_BYTES", 200 * 1024 * 1024, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # form fields; files stream to disk (below)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Background ingestion: durable tasks in Postgres (django-tasks + django-tasks-db), run by
 # `manage.py worker`. A document whose worker died (no progress for INGEST_STALE_SECONDS) is
 # queued again by any live worker.
-TASKS = {
-    "default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}
-}
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 INGEST_STALE_SECONDS = env_float("INGEST_STALE_SECONDS", 120.0, minimum=0.1)
 INGEST_RECOVERY_INTERVAL = env_float("INGEST_RECOVERY_INTERVAL", 15.0, minimum=0.05)
 
@@ -296,9 +286,7 @@ GROQ_MODEL = env_str("GROQ_MODEL", "llama-3.1-8b-instant")
 GROQ_BASE_URL = env_url("GROQ_BASE_URL", ("http", "https"))
 LLM_PROVIDER = env_str("LLM_PROVIDER", "groq" if GROQ_API_KEY else "local")
 if LLM_PROVIDER not in {"groq", "local"}:
-    raise ImproperlyConfigured(
-        f"LLM_PROVIDER must be 'groq' or 'local', got {LLM_PROVIDER!r}"
-    )
+    raise ImproperlyConfigured(f"LLM_PROVIDER must be 'groq' or 'local', got {LLM_PROVIDER!r}")
 if LLM_PROVIDER == "groq" and not GROQ_API_KEY:
     raise ImproperlyConfigured("LLM_PROVIDER=groq needs GROQ_API_KEY")
 LLM_MAX_TOKENS = env_int("LLM_MAX_TOKENS", 512, minimum=1)
@@ -323,17 +311,13 @@ BREAKER_RETRIEVAL_TTL = env_float("BREAKER_RETRIEVAL_TTL", 30.0, minimum=0.1)
 ALERT_POOL_USE = env_float("ALERT_POOL_USE", 0.8)  # fraction of DB_POOL_MAX in use
 ALERT_QUEUE_DEPTH = env_int("ALERT_QUEUE_DEPTH", 10)
 ALERT_LOOP_LAG_MS = env_float("ALERT_LOOP_LAG_MS", 100.0)
-METRICS_PUBLIC = env_bool(
-    "METRICS_PUBLIC", False
-)  # else /metrics is for staff (or a scraper on loopback)
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)  # else /metrics is for staff (or a scraper on loopback)
 
 # --- Chat limits ------------------------------------------------------------------------------
 MAX_CONCURRENT_GENERATIONS = env_int("MAX_CONCURRENT_GENERATIONS", 256, minimum=1)
 # The HTTP pool to the LLM must be larger than the generation limit (see DESIGN: the groq SDK's
 # default of 100 connections made half of 200 chats wait a whole answer for a connection).
-LLM_HTTP_MAX_CONNECTIONS = env_int(
-    "LLM_HTTP_MAX_CONNECTIONS", MAX_CONCURRENT_GENERATIONS + 16
-)
+LLM_HTTP_MAX_CONNECTIONS = env_int("LLM_HTTP_MAX_CONNECTIONS", MAX_CONCURRENT_GENERATIONS + 16)
 if LLM_HTTP_MAX_CONNECTIONS < MAX_CONCURRENT_GENERATIONS:
     raise ImproperlyConfigured(
         "LLM_HTTP_MAX_CONNECTIONS must be >= MAX_CONCURRENT_GENERATIONS "
@@ -350,15 +334,11 @@ STREAM_COALESCE_MS = env_int("STREAM_COALESCE_MS", 25)
 # --- Logging ----------------------------------------------------------------------------------
 LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()
 if LOG_LEVEL not in logging.getLevelNamesMapping():
-    raise ImproperlyConfigured(
-        f"LOG_LEVEL must be a logging level name, got {LOG_LEVEL!r}"
-    )
+    raise ImproperlyConfigured(f"LOG_LEVEL must be a logging level name, got {LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
-    },
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
@@ -372,17 +352,11 @@ LOGGING = {
 def describe_configuration() -> dict[str, object]:
     """What the process runs with, secrets masked; logged at start-up and shown in monitoring."""
     return {
-        "database": mask_url(DATABASE_URL)
-        if DATABASE_URL
-        else f"embedded ({_db.get('EMBEDDED_PGDATA')})",
+        "database": mask_url(DATABASE_URL) if DATABASE_URL else f"embedded ({_db.get('EMBEDDED_PGDATA')})",
         "db_pool": f"{DB_POOL_MIN}..{DB_POOL_MAX}, timeout {DB_POOL_TIMEOUT}s",
-        "redis": mask_url(REDIS_URL)
-        if REDIS_URL
-        else "none (in-memory channel layer and cache)",
+        "redis": mask_url(REDIS_URL) if REDIS_URL else "none (in-memory channel layer and cache)",
         "llm_provider": LLM_PROVIDER,
-        "llm_model": GROQ_MODEL
-        if LLM_PROVIDER == "groq"
-        else "SmolLM2-135M-Instruct (local)",
+        "llm_model": GROQ_MODEL if LLM_PROVIDER == "groq" else "SmolLM2-135M-Instruct (local)",
         "groq_api_key": "set" if GROQ_API_KEY else "unset",
         "max_concurrent_generations": MAX_CONCURRENT_GENERATIONS,
         "debug": DEBUG,

@@ -60,10 +60,7 @@ class DocumentAdmin(admin.ModelAdmin):
         """Upload one or many files into a collection; each is queued for ingestion."""
         form = UploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
-            added = [
-                self._add(form.cleaned_data["collection"], upload)
-                for upload in form.cleaned_data["files"]
-            ]
+            added = [self._add(form.cleaned_data["collection"], upload) for upload in form.cleaned_data["files"]]
             self.message_user(
                 request,
                 f"{sum(added)} file(s) queued, {len(added) - sum(added)} already present.",
@@ -75,9 +72,7 @@ class DocumentAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "title": "Upload documents",
         }
-        return TemplateResponse(
-            request, "admin/documents/document/upload.html", context
-        )
+        return TemplateResponse(request, "admin/documents/document/upload.html", context)
 
     def _add(self, collection: Collection, upload) -> bool:
         return do_add_document(collection, upload.name, upload.read()).created
@@ -123,9 +118,7 @@ class DocumentAdmin(admin.ModelAdmin):
             "upload_url": reverse("admin:documents_document_upload"),
             "total_chunks": totals["chunks"] or 0,
         }
-        return super().changelist_view(
-            request, extra_context={**(extra_context or {}), **extra}
-        )
+        return super().changelist_view(request, extra_context={**(extra_context or {}), **extra})
 
 
 @admin.register(Chunk)

@@ -31,15 +31,11 @@ def chunk_sections(
     for section in sections:
         pieces = _pieces(section.text, max_tokens, count_tokens)
         for text in _pack(pieces, max_tokens, overlap_tokens, count_tokens):
-            drafts.append(
-                ChunkDraft(text, section.heading, section.page, count_tokens(text))
-            )
+            drafts.append(ChunkDraft(text, section.heading, section.page, count_tokens(text)))
     return drafts
 
 
-def _pieces(
-    text: str, max_tokens: int, count_tokens: Callable[[str], int]
-) -> list[str]:
+def _pieces(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
     """Paragraphs, with any paragraph longer than a chunk split into sentences, then words."""
     pieces: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
@@ -57,9 +53,7 @@ def _pieces(
     return pieces
 
 
-def _split_words(
-    text: str, max_tokens: int, count_tokens: Callable[[str], int]
-) -> list[str]:
+def _split_words(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
     out: list[str] = []
     current: list[str] = []
     for word in text.split():
@@ -85,9 +79,7 @@ def _pack(
         piece_tokens = count_tokens(piece)
         if current and size + piece_tokens > max_tokens:
             chunks.append("\n\n".join(current))
-            current = _overlap_tail(
-                current, overlap_tokens, max_tokens - piece_tokens, count_tokens
-            )
+            current = _overlap_tail(current, overlap_tokens, max_tokens - piece_tokens, count_tokens)
             size = sum(count_tokens(p) for p in current)
         current.append(piece)
         size += piece_tokens

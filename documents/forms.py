@@ -18,14 +18,10 @@ class MultipleFileField(forms.FileField):
 
     def clean(self, data, initial=None):
         if isinstance(data, (list, tuple)):
-            return [
-                super(MultipleFileField, self).clean(item, initial) for item in data
-            ]
+            return [super(MultipleFileField, self).clean(item, initial) for item in data]
         return [super().clean(data, initial)]
 
 
 class UploadForm(forms.Form):
     collection = forms.ModelChoiceField(queryset=Collection.objects.order_by("name"))
-    files = MultipleFileField(
-        help_text="PDF, DOCX, HTML, Markdown or text; several at once."
-    )
+    files = MultipleFileField(help_text="PDF, DOCX, HTML, Markdown or text; several at once.")

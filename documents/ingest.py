@@ -32,9 +32,7 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class IngestResult:
     document: Document
-    created: (
-        bool  # False when identical content was already there (nothing new registered)
-    )
+    created: bool  # False when identical content was already there (nothing new registered)
 
 
 def do_add_document(
@@ -53,11 +51,7 @@ def do_add_document(
         if existing.status == Document.Status.FAILED and existing.file:
             do_requeue(existing, enqueue=enqueue)
         return IngestResult(existing, created=False)
-    previous = (
-        Document.objects.filter(collection=collection, source_path=source_path).first()
-        if source_path
-        else None
-    )
+    previous = Document.objects.filter(collection=collection, source_path=source_path).first() if source_path else None
     if previous is not None:
         _replace_file(previous, name, data, digest, enqueue=enqueue)
         return IngestResult(previous, created=True)
@@ -81,9 +75,7 @@ def do_add_document(
     return IngestResult(document, created=True)
 
 
-def _replace_file(
-    document: Document, name: str, data: bytes, digest: str, *, enqueue: bool
-) -> None:
+def _replace_file(document: Document, name: str, data: bytes, digest: str, *, enqueue: bool) -> None:
     """The source file changed: store the new content and process it again. The old chunks stay
     searchable until the new ones replace them in one transaction."""
     with transaction.atomic():
@@ -112,9 +104,7 @@ def _enqueue(document: Document) -> None:
     Document.objects.filter(pk=document.pk).update(task_id=document.task_id)
 
 
-def do_ingest_file(
-    path: Path, collection: Collection, progress: Progress | None = None
-) -> IngestResult:
+def do_ingest_file(path: Path, collection: Collection, progress: Progress | None = None) -> IngestResult:
     """Register and process one file now (commands, demo set-up); failures are recorded on the
     document, not raised."""
     result = do_add_document(
@@ -172,28 +162,20 @@ def _read(document: Document) -> bytes:
         raise ExtractionError("the stored file is missing; upload it again") from None
 
 
-def _embed_in_batches(
-    document: Document, drafts: list[ChunkDraft], progress: Progress | None
-) -> list[list[float]]:
+def _embed_in_batches(document: Document, drafts: list[ChunkDraft], progress: Progress | None) -> list[list[float]]:
     vectors: list[list[float]] = []
     batch = settings.EMBEDDING_BATCH_SIZE
     for start in range(0, len(drafts), batch):
-        vectors.extend(
-            embedding.encode([d.text for d in drafts[start : start + batch]])
-        )
+        vectors.extend(embedding.encode([d.text for d in drafts[start : start + batch]]))
         # Progress doubles as the heartbeat that tells a live worker this job is not orphaned.
-        Document.objects.filter(pk=document.pk).update(
-            chunks_done=len(vectors), updated_at=timezone.now()
-        )
+        Document.objects.filter(pk=document.pk).update(chunks_done=len(vectors), updated_at=timezone.now())
         if progress:
             progress(len(vectors), len(drafts))
     return vectors
 
 
 @transaction.atomic
-def _replace_chunks(
-    document: Document, drafts: list[ChunkDraft], vectors: list[list[float]]
-) -> None:
+def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[list[float]]) -> None:
     Chunk.objects.filter(document=document).delete()
     Chunk.objects.bulk_create(
         Chunk(
@@ -207,9 +189,7 @@ def _replace_chunks(
         )
         for i, (draft, vector) in enumerate(zip(drafts, vectors))
     )
-    Chunk.objects.filter(document=document).update(
-        search_vector=SearchVector("text", config="english")
-    )
+    Chunk.objects.filter(document=document).update(search_vector=SearchVector("text", config="english"))
     document.status, document.error, document.chunks_done = (
         Document.Status.READY,
         "",
@@ -237,13 +217,9 @@ def find_files(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                p for p in sorted(path.rglob("*")) if p.is_file() and _is_supported(p)
-            )
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and _is_supported(p))
         else:
-            found.append(
-                path
-            )  # named explicitly: an unsupported type fails with its reason
+            found.append(path)  # named explicitly: an unsupported type fails with its reason
     return found
 
 

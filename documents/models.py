@@ -13,9 +13,7 @@ class CollectionQuerySet(models.QuerySet):
         """Collections ``user`` may read: public ones, their own, and those they are a member of."""
         if not user.is_authenticated:
             return self.filter(is_public=True)
-        return self.filter(
-            Q(is_public=True) | Q(owner=user) | Q(members=user)
-        ).distinct()
+        return self.filter(Q(is_public=True) | Q(owner=user) | Q(members=user)).distinct()
 
 
 class Collection(models.Model):
@@ -26,9 +24,7 @@ class Collection(models.Model):
         on_delete=models.PROTECT,
         related_name="owned_collections",
     )
-    members = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, blank=True, related_name="collections"
-    )
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="collections")
     is_public = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -46,9 +42,7 @@ class Document(models.Model):
         READY = "ready"
         FAILED = "failed"
 
-    collection = models.ForeignKey(
-        Collection, on_delete=models.CASCADE, related_name="documents"
-    )
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
     title = models.CharField(max_length=300)
     source_path = models.CharField(max_length=1000, blank=True)
     file = models.FileField(upload_to="documents/%Y/%m/", blank=True)
@@ -57,9 +51,7 @@ class Document(models.Model):
     mime = models.CharField(max_length=100, blank=True)
     sha256 = models.CharField(max_length=64)
     size_bytes = models.BigIntegerField(default=0)
-    status = models.CharField(
-        max_length=20, choices=Status.choices, default=Status.PENDING
-    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
     chunks_total = models.IntegerField(default=0)
     chunks_done = models.IntegerField(default=0)
@@ -87,9 +79,7 @@ class Document(models.Model):
 
 
 class Chunk(models.Model):
-    document = models.ForeignKey(
-        Document, on_delete=models.CASCADE, related_name="chunks"
-    )
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
     ordinal = models.IntegerField()
     text = models.TextField()
     page = models.IntegerField(null=True, blank=True)
@@ -99,11 +89,7 @@ class Chunk(models.Model):
     search_vector = SearchVectorField(null=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["document", "ordinal"], name="chunk_unique_ordinal"
-            )
-        ]
+        constraints = [models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal")]
         indexes = [
             HnswIndex(
                 name="chunk_embedding_hnsw",

@@ -9,9 +9,7 @@ from pgvector.django import VectorExtension
 class EnsureVectorExtension(VectorExtension):
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         with schema_editor.connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
-            )
+            cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
             available = cursor.fetchone() is not None
         if not available:
             raise ImproperlyConfigured(

@@ -25,9 +25,7 @@ logger = logging.getLogger(__name__)
 def requeue_orphaned_documents(stale_after: float | None = None) -> list[int]:
     """Queue again every in-progress document with no heartbeat for ``stale_after`` seconds whose
     task is not simply waiting in the queue; returns their ids."""
-    cutoff = timezone.now() - timedelta(
-        seconds=stale_after or settings.INGEST_STALE_SECONDS
-    )
+    cutoff = timezone.now() - timedelta(seconds=stale_after or settings.INGEST_STALE_SECONDS)
     requeued = []
     for document in Document.objects.filter(
         status__in=[
@@ -45,27 +43,15 @@ def requeue_orphaned_documents(stale_after: float | None = None) -> list[int]:
 def _requeue_if_orphaned(document_id: int, cutoff) -> bool:
     with transaction.atomic():
         # Locked and re-checked, so two live workers never both re-queue the same document.
-        document = (
-            Document.objects.select_for_update(skip_locked=True)
-            .filter(pk=document_id)
-            .first()
-        )
+        document = Document.objects.select_for_update(skip_locked=True).filter(pk=document_id).first()
         if document is None or not document.is_active or document.updated_at >= cutoff:
             return False
-        task = (
-            DBTaskResult.objects.filter(pk=document.task_id).first()
-            if document.task_id
-            else None
-        )
+        task = DBTaskResult.objects.filter(pk=document.task_id).first() if document.task_id else None
         if task is not None and task.status == TaskResultStatus.READY:
             return False  # still waiting for a free worker, not orphaned
         if task is not None and task.status == TaskResultStatus.RUNNING:
-            DBTaskResult.objects.filter(pk=task.pk).update(
-                status=TaskResultStatus.FAILED, finished_at=timezone.now()
-            )
-        logger.warning(
-            "document %s was abandoned by its worker; queued again", document_id
-        )
+            DBTaskResult.objects.filter(pk=task.pk).update(status=TaskResultStatus.FAILED, finished_at=timezone.now())
+        logger.warning("document %s was abandoned by its worker; queued again", document_id)
         do_requeue(document)
         return True
 

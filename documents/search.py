@@ -41,17 +41,11 @@ class Hit:
 
 def snippet(text: str) -> str:
     text = " ".join(text.split())
-    return (
-        text
-        if len(text) <= SNIPPET_CHARS
-        else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
-    )
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
 
 
 def readable_chunks(user):
-    collection_ids = list(
-        Collection.objects.readable_by(user).values_list("id", flat=True)
-    )
+    collection_ids = list(Collection.objects.readable_by(user).values_list("id", flat=True))
     # Chunks exist only once a document was fully ingested; a document being re-processed keeps
     # its old chunks searchable until the new ones replace them.
     return (
@@ -61,39 +55,27 @@ def readable_chunks(user):
     )
 
 
-def search(
-    user, query_text: str, query_vector: list[float], k: int | None = None
-) -> list[Hit]:
+def search(user, query_text: str, query_vector: list[float], k: int | None = None) -> list[Hit]:
     """The ``k`` best chunks for the query among those ``user`` may read, best first."""
     k = k or settings.RETRIEVAL_TOP_K
     candidates = k * 4
     with transaction.atomic():
         _tune_vector_scan()
-        chunks = readable_chunks(user).annotate(
-            distance=CosineDistance("embedding", query_vector)
-        )
+        chunks = readable_chunks(user).annotate(distance=CosineDistance("embedding", query_vector))
         by_vector = _exact_order(chunks.order_by("distance")[:candidates])
-        by_text = (
-            list(_full_text(chunks, query_text)[:candidates])
-            if query_text.strip()
-            else []
-        )
+        by_text = list(_full_text(chunks, query_text)[:candidates]) if query_text.strip() else []
     return fuse([by_vector, by_text], k, keyword_ids={chunk.pk for chunk in by_text})
 
 
 def vector_search(user, query_vector: list[float], k: int) -> list[Hit]:
     with transaction.atomic():
         _tune_vector_scan()
-        chunks = readable_chunks(user).annotate(
-            distance=CosineDistance("embedding", query_vector)
-        )
+        chunks = readable_chunks(user).annotate(distance=CosineDistance("embedding", query_vector))
         return fuse([_exact_order(chunks.order_by("distance")[:k])], k)
 
 
 def text_search(user, query_text: str, query_vector: list[float], k: int) -> list[Hit]:
-    chunks = readable_chunks(user).annotate(
-        distance=CosineDistance("embedding", query_vector)
-    )
+    chunks = readable_chunks(user).annotate(distance=CosineDistance("embedding", query_vector))
     by_text = list(_full_text(chunks, query_text)[:k])
     return fuse([by_text], k, keyword_ids={chunk.pk for chunk in by_text})
 
@@ -105,11 +87,7 @@ def _exact_order(chunks) -> list[Chunk]:
 
 def _full_text(chunks, query_text: str):
     query = SearchQuery(query_text, config="english", search_type="websearch")
-    return (
-        chunks.filter(search_vector=query)
-        .annotate(rank=SearchRank(F("search_vector"), query))
-        .order_by("-rank")
-    )
+    return chunks.filter(search_vector=query).annotate(rank=SearchRank(F("search_vector"), query)).order_by("-rank")
 
 
 def _tune_vector_scan() -> None:
@@ -123,14 +101,10 @@ def _tune_vector_scan() -> None:
             "SELECT set_config('hnsw.ef_search', %s, true)",
             [str(settings.HNSW_EF_SEARCH)],
         )
-        cursor.execute(
-            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-        )
+        cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
 
 
-def fuse(
-    rankings: list[list[Chunk]], k: int, keyword_ids: set[int] = frozenset()
-) -> list[Hit]:
+def fuse(rankings: list[list[Chunk]], k: int, keyword_ids: set[int] = frozenset()) -> list[Hit]:
     """Reciprocal-rank fusion of several rankings of annotated chunks."""
     scores: dict[int, float] = {}
     chunks: dict[int, Chunk] = {}

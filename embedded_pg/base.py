@@ -13,9 +13,7 @@ class DatabaseWrapper(PostgresDatabaseWrapper):
     def get_connection_params(self):
         # The socket folder is only known once the server runs; it is written into the settings
         # so every later connection (the pool's too) finds it.
-        self.settings_dict["HOST"] = ensure_running(
-            self.settings_dict["EMBEDDED_PGDATA"], self._database_to_create()
-        )
+        self.settings_dict["HOST"] = ensure_running(self.settings_dict["EMBEDDED_PGDATA"], self._database_to_create())
         return super().get_connection_params()
 
     def _database_to_create(self) -> str:

@@ -73,9 +73,7 @@ class Sampler:
         next_sample = time.monotonic()
         while True:
             before = time.monotonic()
-            await asyncio.sleep(
-                LAG_PROBE_EVERY
-            )  # the probe: how late does the loop wake us?
+            await asyncio.sleep(LAG_PROBE_EVERY)  # the probe: how late does the loop wake us?
             self.lag = max(0.0, time.monotonic() - before - LAG_PROBE_EVERY)
             self.max_lag = max(self.max_lag, self.lag)
             metrics.LOOP_LAG.set(self.lag)

@@ -21,39 +21,23 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "Question to first answer token",
     buckets=LATENCY_BUCKETS,
 )
-ANSWER_TOTAL = Histogram(
-    "docchat_answer_seconds", "Question to finished answer", buckets=LATENCY_BUCKETS
-)
-RETRIEVAL = Histogram(
-    "docchat_retrieval_seconds", "Hybrid search time", buckets=LATENCY_BUCKETS
-)
-EMBEDDING = Histogram(
-    "docchat_query_embedding_seconds", "Query embedding time", buckets=LATENCY_BUCKETS
-)
+ANSWER_TOTAL = Histogram("docchat_answer_seconds", "Question to finished answer", buckets=LATENCY_BUCKETS)
+RETRIEVAL = Histogram("docchat_retrieval_seconds", "Hybrid search time", buckets=LATENCY_BUCKETS)
+EMBEDDING = Histogram("docchat_query_embedding_seconds", "Query embedding time", buckets=LATENCY_BUCKETS)
 TOKENS = Counter("docchat_tokens_streamed_total", "Answer deltas streamed to clients")
 ANSWERS = Counter("docchat_answers_total", "Finished answers by status", ["status"])
 ERRORS = Counter("docchat_errors_total", "Error frames sent, by code", ["code"])
-INGESTED_CHUNKS = Counter(
-    "docchat_ingested_chunks_total", "Chunks embedded and stored by ingestion"
-)
-ACTIVE_CONNECTIONS = Gauge(
-    "docchat_websocket_connections", "Open chat WebSocket connections"
-)
-ACTIVE_GENERATIONS = Gauge(
-    "docchat_active_generations", "Answers holding a generation slot"
-)
-QUEUE_DEPTH = Gauge(
-    "docchat_generation_queue_depth", "Answers waiting for a generation slot"
-)
+INGESTED_CHUNKS = Counter("docchat_ingested_chunks_total", "Chunks embedded and stored by ingestion")
+ACTIVE_CONNECTIONS = Gauge("docchat_websocket_connections", "Open chat WebSocket connections")
+ACTIVE_GENERATIONS = Gauge("docchat_active_generations", "Answers holding a generation slot")
+QUEUE_DEPTH = Gauge("docchat_generation_queue_depth", "Answers waiting for a generation slot")
 LOOP_LAG = Gauge(
     "docchat_event_loop_lag_seconds",
     "How late the event loop ran a 0.5 s timer (last sample)",
 )
 POOL_SIZE = Gauge("docchat_db_pool_size", "Connections the pool holds")
 POOL_IN_USE = Gauge("docchat_db_pool_in_use", "Pool connections lent out")
-POOL_WAITING = Gauge(
-    "docchat_db_pool_waiting", "Requests waiting for a pool connection"
-)
+POOL_WAITING = Gauge("docchat_db_pool_waiting", "Requests waiting for a pool connection")
 BREAKER_OPEN = Gauge(
     "docchat_circuit_breaker_open",
     "1 if the breaker is open (or half-open), else 0",
@@ -85,9 +69,7 @@ class Rolling:
         }
 
 
-rolling = {
-    name: Rolling() for name in ("first_token", "total", "retrieval", "embedding")
-}
+rolling = {name: Rolling() for name in ("first_token", "total", "retrieval", "embedding")}
 errors_by_code: PyCounter[str] = PyCounter()
 tokens_streamed = 0
 answers_finished = 0

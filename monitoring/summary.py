@@ -51,9 +51,7 @@ async def build_summary() -> dict:
         "series": list(live.sampler().samples),
     }
     for breaker in summary["breakers"]:
-        metrics.BREAKER_OPEN.labels(breaker["name"]).set(
-            0 if breaker["state"] == "closed" else 1
-        )
+        metrics.BREAKER_OPEN.labels(breaker["name"]).set(0 if breaker["state"] == "closed" else 1)
     summary["alerts"] = evaluate_alerts(summary)
     return summary
 
@@ -63,17 +61,13 @@ async def refresh_gauges() -> None:
     live.sampler().ensure_running()
     live.sampler().snapshot(record=False)
     for breaker in await breakers().describe():
-        metrics.BREAKER_OPEN.labels(breaker["name"]).set(
-            0 if breaker["state"] == "closed" else 1
-        )
+        metrics.BREAKER_OPEN.labels(breaker["name"]).set(0 if breaker["state"] == "closed" else 1)
 
 
 def _postgres_connections() -> dict:
     try:
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            )
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
             return {"postgres_connections": cursor.fetchone()[0]}
     except Exception as exc:
         return {"postgres_connections": None, "postgres_error": type(exc).__name__}
@@ -109,8 +103,7 @@ def _tokens_per_second() -> float:
     if len(samples) < 2:
         return 0.0
     return round(
-        (samples[-1]["tokens"] - samples[0]["tokens"])
-        / (samples[-1]["t"] - samples[0]["t"]),
+        (samples[-1]["tokens"] - samples[0]["tokens"]) / (samples[-1]["t"] - samples[0]["t"]),
         2,
     )
 
@@ -127,36 +120,22 @@ def evaluate_alerts(summary: dict) -> list[dict]:
     firing = {}
     pool = summary["pool"]
     if pool.get("enabled") and pool["in_use"] > settings.ALERT_POOL_USE * pool["max"]:
-        firing["pool_near_max"] = (
-            f"DB pool {pool['in_use']}/{pool['max']} connections in use"
-        )
+        firing["pool_near_max"] = f"DB pool {pool['in_use']}/{pool['max']} connections in use"
     if pool.get("waiting"):
-        firing["pool_waiting"] = (
-            f"{pool['waiting']} request(s) waiting for a DB connection"
-        )
+        firing["pool_waiting"] = f"{pool['waiting']} request(s) waiting for a DB connection"
     for breaker in summary["breakers"]:
         if breaker["state"] != "closed":
-            firing[f"breaker_{breaker['name']}"] = (
-                f"circuit breaker '{breaker['name']}' is {breaker['state']}"
-            )
+            firing[f"breaker_{breaker['name']}"] = f"circuit breaker '{breaker['name']}' is {breaker['state']}"
     if summary["streams"]["queued"] > settings.ALERT_QUEUE_DEPTH:
-        firing["queue_growing"] = (
-            f"{summary['streams']['queued']} answers waiting for a generation slot"
-        )
+        firing["queue_growing"] = f"{summary['streams']['queued']} answers waiting for a generation slot"
     if summary["loop_lag_ms"]["last"] > settings.ALERT_LOOP_LAG_MS:
         firing["loop_lag"] = f"event loop lag {summary['loop_lag_ms']['last']} ms"
     if summary["jobs"]["failed_last_hour"]:
-        firing["ingestion_failures"] = (
-            f"{summary['jobs']['failed_last_hour']} document(s) failed in the last hour"
-        )
+        firing["ingestion_failures"] = f"{summary['jobs']['failed_last_hour']} document(s) failed in the last hour"
     if summary["redis"].get("fallback_to_local"):
-        firing["redis_unreachable"] = (
-            "Redis unreachable: limits and breakers use local memory"
-        )
+        firing["redis_unreachable"] = "Redis unreachable: limits and breakers use local memory"
     if pool.get("postgres_error"):
-        firing["database_unreachable"] = (
-            f"database unreachable ({pool['postgres_error']})"
-        )
+        firing["database_unreachable"] = f"database unreachable ({pool['postgres_error']})"
     return _with_since(firing)
 
 
@@ -166,6 +145,5 @@ def _with_since(firing: dict[str, str]) -> list[dict]:
         if key not in firing:
             del _alert_since[key]
     return [
-        {"key": key, "message": message, "since": _alert_since.setdefault(key, now)}
-        for key, message in firing.items()
+        {"key": key, "message": message, "since": _alert_since.setdefault(key, now)} for key, message in firing.items()
     ]

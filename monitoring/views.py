@@ -62,9 +62,7 @@ def _check_database() -> dict:
 def _check_pgvector() -> dict:
     try:
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-            )
+            cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             row = cursor.fetchone()
     except Exception as exc:
         return {"ok": False, "error": f"cannot check extensions ({type(exc).__name__})"}
@@ -90,9 +88,7 @@ def _check_redis() -> dict:
     import redis
 
     try:
-        client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
-        )
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
         client.ping()
         return {"ok": True}
     except Exception as exc:
@@ -133,9 +129,7 @@ async def api(request, section: str = "summary"):
     if section not in SECTIONS:
         return JsonResponse({"error": f"unknown section {section!r}"}, status=404)
     summary = await build_summary()
-    return JsonResponse(
-        summary if section == "summary" else {section: summary[section]}
-    )
+    return JsonResponse(summary if section == "summary" else {section: summary[section]})
 
 
 @require_POST
@@ -144,20 +138,14 @@ async def reset_breaker(request, name: str):
     if name not in NAMES:
         return JsonResponse({"error": f"unknown breaker {name!r}"}, status=404)
     await breakers().reset(name)
-    logger.warning(
-        "circuit breaker %s reset by %s", name, (await request.auser()).username
-    )
+    logger.warning("circuit breaker %s reset by %s", name, (await request.auser()).username)
     return JsonResponse({"reset": name, "breakers": await breakers().describe()})
 
 
 async def metrics_view(request):
     """Prometheus exposition: public if METRICS_PUBLIC, else staff or a scraper on loopback."""
     user = await request.auser()
-    if not (
-        settings.METRICS_PUBLIC
-        or user.is_staff
-        or _is_loopback(request.META.get("REMOTE_ADDR", ""))
-    ):
+    if not (settings.METRICS_PUBLIC or user.is_staff or _is_loopback(request.META.get("REMOTE_ADDR", ""))):
         return HttpResponseForbidden("metrics are for staff or a local scraper")
     await refresh_gauges()
     return await sync_to_async(ExportToDjangoView)(request)

@@ -61,14 +61,10 @@ DOCS = {
 def make_user(username: str):
     from django.contrib.auth import get_user_model
 
-    return get_user_model().objects.create_user(
-        username, password=f"{username}-pass-123"
-    )
+    return get_user_model().objects.create_user(username, password=f"{username}-pass-123")
 
 
-def make_collection(
-    name: str, owner, files: dict[str, str], tmp_path: Path, *, public=False, members=()
-):
+def make_collection(name: str, owner, files: dict[str, str], tmp_path: Path, *, public=False, members=()):
     from documents.ingest import do_ingest_file
     from documents.models import Collection
 
@@ -103,9 +99,7 @@ def session_cookie(user) -> bytes:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
 
 
-async def communicator_for(
-    user, *, origin: tuple[bytes, bytes] | None = TEST_ORIGIN
-) -> WebsocketCommunicator:
+async def communicator_for(user, *, origin: tuple[bytes, bytes] | None = TEST_ORIGIN) -> WebsocketCommunicator:
     """A communicator through the full ASGI stack (origin check, session auth, routing)."""
     from config.asgi import application
 
@@ -148,9 +142,7 @@ class ChatClient:
         return client_id
 
     async def send(self, frame) -> None:
-        await self.communicator.send_to(
-            text_data=frame if isinstance(frame, str) else json.dumps(frame)
-        )
+        await self.communicator.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
 
     async def receive(self, timeout: float = 30) -> dict:
         return await self.communicator.receive_json_from(timeout=timeout)

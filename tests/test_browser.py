@@ -25,21 +25,15 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium")
-    assert executable, (
-        "Debian's chromium package is required (the CI script installs it)"
-    )
+    assert executable, "Debian's chromium package is required (the CI script installs it)"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS
-        )
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
 
 @pytest.fixture
-def page(
-    people, daphne_server, browser
-):  # ORM work first: Playwright runs a loop in this thread
+def page(people, daphne_server, browser):  # ORM work first: Playwright runs a loop in this thread
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -66,9 +60,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(
-    page, daphne_server
-):
+def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(page, daphne_server):
     # tokens appear progressively
     ask(page, "[[fake tokens=80 delay=0.05]] Where do zebras migrate?")
     answer = last_answer(page)
@@ -89,9 +81,7 @@ def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(
     # stop during a long answer
     ask(page, "[[fake tokens=600 delay=0.05]] Tell me everything about zebra stripes")
     page.locator("#stop").wait_for(state="visible")
-    page.locator(".msg.assistant").nth(1).locator(".body").filter(
-        has_text="You asked"
-    ).wait_for()
+    page.locator(".msg.assistant").nth(1).locator(".body").filter(has_text="You asked").wait_for()
     page.click("#stop")
     page.locator(".msg.assistant.stopped").wait_for()
     assert "stopped" in last_answer(page).locator(".status").inner_text()
@@ -107,18 +97,14 @@ def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(
 
     # server killed and restarted mid-answer: the client reconnects and shows the saved state
     ask(page, "[[fake tokens=600 delay=0.05]] Zebras again, at length")
-    page.locator(".msg.assistant").nth(2).locator(".body").filter(
-        has_text="You asked"
-    ).wait_for()
+    page.locator(".msg.assistant").nth(2).locator(".body").filter(has_text="You asked").wait_for()
     daphne_server.stop()
     page.locator("#connection.warn").wait_for()
     shot(page, "4-disconnected")
     daphne_server.start()
     page.wait_for_selector("#connection.ok", timeout=30_000)
     try:
-        page.locator(".msg.assistant").nth(2).locator(".status").filter(
-            has_text="stopped"
-        ).wait_for()
+        page.locator(".msg.assistant").nth(2).locator(".status").filter(has_text="stopped").wait_for()
     finally:
         shot(page, "5-reconnected")
     shot(page, "5-reconnected")

@@ -18,9 +18,7 @@ async def wait_for(condition, timeout=10.0):
             await asyncio.sleep(0.02)  # polling the fake server's counters
 
 
-async def test_it_cancels_generation_when_the_client_disconnects(
-    people, chat_client, fake_groq
-):
+async def test_it_cancels_generation_when_the_client_disconnects(people, chat_client, fake_groq):
     async with chat_client(people["alice"]) as client:
         await client.ask(LONG)
         ack = await client.receive()
@@ -37,9 +35,7 @@ async def test_it_cancels_generation_when_the_client_disconnects(
     assert 0 < len(answer.text.split()) < 400
 
 
-async def test_it_stops_on_request_and_keeps_the_partial_answer(
-    people, chat_client, fake_groq
-):
+async def test_it_stops_on_request_and_keeps_the_partial_answer(people, chat_client, fake_groq):
     async with chat_client(people["alice"]) as client:
         await client.ask(LONG)
         ack = await client.receive()
@@ -57,22 +53,16 @@ async def test_it_stops_on_request_and_keeps_the_partial_answer(
     assert answer.status == "stopped" and answer.text == finish["text"]
 
 
-async def test_it_times_out_a_model_that_never_sends_a_token(
-    people, chat_client, fake_groq, settings
-):
+async def test_it_times_out_a_model_that_never_sends_a_token(people, chat_client, fake_groq, settings):
     settings.LLM_FIRST_TOKEN_TIMEOUT = 0.5
     async with chat_client(people["alice"]) as client:
         await client.ask("[[fake mode=hang]] Where do zebras migrate?")
         error, _ = await client.until("error")
         finish, _ = await client.until("finish")
     assert error["code"] == "llm_timeout"
-    assert (
-        finish["status"] == "degraded"
-    )  # the best passages instead of a generated answer
+    assert finish["status"] == "degraded"  # the best passages instead of a generated answer
     assert "Serengeti" in finish["text"] and finish["error_code"] == "llm_timeout"
-    await wait_for(
-        lambda: fake_groq.fake.stats.disconnected == 1
-    )  # the hung request was closed
+    await wait_for(lambda: fake_groq.fake.stats.disconnected == 1)  # the hung request was closed
 
 
 async def test_it_fails_clearly_when_the_stream_is_cut(people, chat_client, fake_groq):
@@ -98,9 +88,7 @@ async def test_it_reports_an_llm_http_error(people, chat_client):
 
 
 @pytest.mark.slow
-async def test_it_saves_streaming_answers_as_stopped_when_the_server_shuts_down(
-    people, fake_groq
-):
+async def test_it_saves_streaming_answers_as_stopped_when_the_server_shuts_down(people, fake_groq):
     import json as jsonlib
     import uuid
 
@@ -112,9 +100,7 @@ async def test_it_saves_streaming_answers_as_stopped_when_the_server_shuts_down(
     cookie = await database_sync_to_async(session_cookie)(people["alice"])
     try:
         headers = {"Cookie": cookie.decode(), "Origin": server.url}
-        async with websockets.connect(
-            server.url.replace("http", "ws") + "/ws/chat/", additional_headers=headers
-        ) as ws:
+        async with websockets.connect(server.url.replace("http", "ws") + "/ws/chat/", additional_headers=headers) as ws:
             await ws.send(
                 jsonlib.dumps(
                     {

@@ -13,17 +13,13 @@ from tests.conftest import count_connections, make_user, streamed_text
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
-async def test_it_gives_ten_simultaneous_users_each_their_own_answer(
-    people, chat_client, fake_groq
-):
+async def test_it_gives_ten_simultaneous_users_each_their_own_answer(people, chat_client, fake_groq):
     fake_groq.configure(tokens=30, delay=0.01)
     users = [await sync_to_async(make_user)(f"user{i}") for i in range(10)]
 
     async def chat(i, user):
         async with chat_client(user) as client:
-            return await client.answer(
-                f"What does the handbook say about coffee, question {i}?"
-            )
+            return await client.answer(f"What does the handbook say about coffee, question {i}?")
 
     results = await asyncio.gather(*(chat(i, user) for i, user in enumerate(users)))
 
@@ -33,16 +29,12 @@ async def test_it_gives_ten_simultaneous_users_each_their_own_answer(
         others = [f"question {j}?" for j in range(10) if j != i]
         assert not any(other in streamed_text(frames) for other in others)
         assert all(
-            frame.get("message_id") in (None, finish["message_id"])
-            for frame in frames
-            if frame["type"] != "ack"
+            frame.get("message_id") in (None, finish["message_id"]) for frame in frames if frame["type"] != "ack"
         )
     assert fake_groq.fake.stats.max_active > 1  # they really overlapped at the LLM
 
 
-async def test_it_keeps_connections_within_the_pool_over_100_sequential_chats(
-    people, chat_client, fake_groq
-):
+async def test_it_keeps_connections_within_the_pool_over_100_sequential_chats(people, chat_client, fake_groq):
     embedding.get_model()
     loads_before, clients_before = embedding.model_loads, groq_llm.client_creations
     async with chat_client(people["alice"]) as client:
@@ -52,7 +44,5 @@ async def test_it_keeps_connections_within_the_pool_over_100_sequential_chats(
 
     assert await count_connections() <= settings.DB_POOL_MAX
     assert embedding.model_loads == loads_before == 1
-    assert (
-        groq_llm.client_creations - clients_before <= 1
-    )  # one per event loop, not per chat
+    assert groq_llm.client_creations - clients_before <= 1  # one per event loop, not per chat
     assert fake_groq.fake.stats.completed == 100

@@ -14,9 +14,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 @pytest.mark.asyncio
-async def test_it_sends_the_conversation_so_far_with_a_follow_up(
-    people, chat_client, fake_groq
-):
+async def test_it_sends_the_conversation_so_far_with_a_follow_up(people, chat_client, fake_groq):
     async with chat_client(people["alice"]) as client:
         first, frames = await client.answer("Where do zebras migrate?")
         conversation = frames[0]["conversation_id"]
@@ -33,34 +31,23 @@ async def test_it_sends_the_conversation_so_far_with_a_follow_up(
 
 
 @pytest.mark.asyncio
-async def test_it_records_a_resent_question_once_and_replays_its_answer(
-    people, chat_client
-):
+async def test_it_records_a_resent_question_once_and_replays_its_answer(people, chat_client):
     client_id = str(uuid.uuid4())
     async with chat_client(people["alice"]) as client:
         await client.ask("Where do zebras migrate?", client_id=client_id)
         finish, _ = await client.until("finish")
-    async with chat_client(
-        people["alice"]
-    ) as again:  # reconnected, resends the same frame
+    async with chat_client(people["alice"]) as again:  # reconnected, resends the same frame
         await again.ask("Where do zebras migrate?", client_id=client_id)
         ack = await again.receive()
         replay = await again.receive()
     assert ack["duplicate"] is True and ack["answer_id"] == finish["message_id"]
     assert replay["type"] == "finish" and replay["text"] == finish["text"]
-    assert (
-        await database_sync_to_async(
-            Message.objects.filter(client_id=client_id).count
-        )()
-        == 1
-    )
+    assert await database_sync_to_async(Message.objects.filter(client_id=client_id).count)() == 1
     assert await database_sync_to_async(Message.objects.count)() == 2
 
 
 @pytest.mark.asyncio
-async def test_it_rate_limits_the_31st_question_in_a_minute(
-    people, chat_client, settings
-):
+async def test_it_rate_limits_the_31st_question_in_a_minute(people, chat_client, settings):
     settings.RATE_LIMIT_PER_MINUTE = 30
     async with chat_client(people["charlie"]) as client:
         for i in range(30):
@@ -71,9 +58,7 @@ async def test_it_rate_limits_the_31st_question_in_a_minute(
     assert error["code"] == "rate_limited"
     assert 1 <= error["retry_after"] <= 60
     assert "30 questions per minute" in error["message"]
-    assert (
-        await database_sync_to_async(Message.objects.filter(role="user").count)() == 30
-    )
+    assert await database_sync_to_async(Message.objects.filter(role="user").count)() == 30
 
 
 @pytest.mark.asyncio
@@ -89,9 +74,7 @@ async def test_it_limits_answers_in_progress_per_user(people, chat_client, setti
 
 
 @pytest.mark.asyncio
-async def test_it_neutralises_script_in_documents_and_model_output(
-    people, chat_client, tmp_path
-):
+async def test_it_neutralises_script_in_documents_and_model_output(people, chat_client, tmp_path):
     await database_sync_to_async(make_collection)(
         "evil",
         people["alice"],
@@ -99,9 +82,7 @@ async def test_it_neutralises_script_in_documents_and_model_output(
         tmp_path,
     )
     async with chat_client(people["alice"]) as client:
-        finish, _ = await client.answer(
-            "Zebra stripes <script>alert('x')</script> [click](javascript:alert(1))"
-        )
+        finish, _ = await client.answer("Zebra stripes <script>alert('x')</script> [click](javascript:alert(1))")
     html = finish["html"]
     assert "<script" not in html
     assert 'href="javascript' not in html  # the link was not made; its text stays inert
@@ -111,14 +92,10 @@ async def test_it_neutralises_script_in_documents_and_model_output(
 
 
 def test_rendering_keeps_markdown_and_links_only_existing_citations():
-    html = render_answer(
-        "**Bold** claim [1] and [7].\n\n<img src=x onerror=alert(1)>", source_count=2
-    )
+    html = render_answer("**Bold** claim [1] and [7].\n\n<img src=x onerror=alert(1)>", source_count=2)
     assert "<strong>Bold</strong>" in html
     assert 'href="#source-1"' in html and "#source-7" not in html
-    assert (
-        "<img" not in html and "&lt;img" in html
-    )  # raw HTML is shown as text, never as a tag
+    assert "<img" not in html and "&lt;img" in html  # raw HTML is shown as text, never as a tag
 
 
 def test_it_renames_deletes_and_searches_own_conversations_only(people, client):
@@ -132,23 +109,13 @@ def test_it_renames_deletes_and_searches_own_conversations_only(people, client):
         "application/json",
     )
     assert renamed.json()["title"] == "Zebras"
-    assert (
-        client.get("/api/conversations/?q=zeb").json()["conversations"][0]["id"]
-        == alice_chat.pk
-    )
+    assert client.get("/api/conversations/?q=zeb").json()["conversations"][0]["id"] == alice_chat.pk
     assert client.get("/api/conversations/?q=launch").json()["conversations"] == []
     assert client.get(f"/api/conversations/{bob_chat.pk}/").status_code == 404
     assert client.delete(f"/api/conversations/{bob_chat.pk}/").status_code == 404
-    assert (
-        client.patch(
-            f"/api/conversations/{alice_chat.pk}/", "nope", "application/json"
-        ).status_code
-        == 400
-    )
+    assert client.patch(f"/api/conversations/{alice_chat.pk}/", "nope", "application/json").status_code == 400
     assert client.delete(f"/api/conversations/{alice_chat.pk}/").status_code == 204
-    assert list(Conversation.objects.values_list("title", flat=True)) == [
-        "Launch plans"
-    ]
+    assert list(Conversation.objects.values_list("title", flat=True)) == ["Launch plans"]
 
 
 def test_the_chat_page_requires_login(client):

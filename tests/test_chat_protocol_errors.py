@@ -39,9 +39,7 @@ BAD_FRAMES = [
 
 
 @pytest.mark.parametrize("raw, code", BAD_FRAMES)
-async def test_it_answers_a_bad_frame_with_an_error_and_keeps_the_connection(
-    people, chat_client, raw, code
-):
+async def test_it_answers_a_bad_frame_with_an_error_and_keeps_the_connection(people, chat_client, raw, code):
     async with chat_client(people["alice"]) as client:
         await client.send(raw)
         error = await client.receive()
@@ -67,9 +65,7 @@ async def test_it_refuses_a_question_over_the_length_limit(people, chat_client):
 
 async def test_it_refuses_an_oversized_frame(people, chat_client):
     async with chat_client(people["alice"]) as client:
-        await client.send(
-            json.dumps({"type": "ping", "pad": "x" * settings.MAX_FRAME_BYTES})
-        )
+        await client.send(json.dumps({"type": "ping", "pad": "x" * settings.MAX_FRAME_BYTES}))
         assert (await client.receive())["code"] == "frame_too_large"
         await client.send({"type": "ping"})
         assert await client.receive() == {"type": "pong"}

@@ -19,9 +19,7 @@ async def test_it_rejects_an_unauthenticated_websocket(db):
 
 @pytest.mark.asyncio
 async def test_it_rejects_a_websocket_from_a_foreign_origin(people):
-    communicator = await communicator_for(
-        people["alice"], origin=(b"origin", b"http://evil.example")
-    )
+    communicator = await communicator_for(people["alice"], origin=(b"origin", b"http://evil.example"))
     connected, _ = await communicator.connect()
     assert not connected
 
@@ -48,24 +46,17 @@ def test_it_never_retrieves_bobs_private_chunks_for_alice_or_charlie(people):
 
 def test_it_lets_charlie_read_only_the_public_collection(people):
     vector = encode(["zebra migration and coffee"])[0]
-    titles = {
-        hit.title for hit in search(people["charlie"], "zebra coffee", vector, 10)
-    }
+    titles = {hit.title for hit in search(people["charlie"], "zebra coffee", vector, 10)}
     assert titles == {"Handbook"}
 
 
 @pytest.mark.asyncio
-async def test_it_does_not_leak_bobs_document_into_alices_chat(
-    people, chat_client, fake_groq
-):
+async def test_it_does_not_leak_bobs_document_into_alices_chat(people, chat_client, fake_groq):
     async with chat_client(people["alice"]) as client:
         finish, _ = await client.answer("What is the Pelican launch code?")
     prompt_sources = " ".join(source["snippet"] for source in finish["sources"])
     assert "PELICAN" not in prompt_sources
-    assert (
-        "launch"
-        not in " ".join(source["title"] for source in finish["sources"]).lower()
-    )
+    assert "launch" not in " ".join(source["title"] for source in finish["sources"]).lower()
 
 
 @pytest.mark.asyncio

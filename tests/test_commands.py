@@ -21,12 +21,8 @@ def test_ask_fails_clearly_for_an_unknown_user(people):
 
 def test_ask_reports_an_answer_that_did_not_complete(people, settings):
     settings.LLM_FIRST_TOKEN_TIMEOUT = 0.3
-    with pytest.raises(
-        CommandError, match="degraded: The language model took too long"
-    ):
-        call_command(
-            "ask", "[[fake mode=hang]] Where do zebras migrate?", "--user", "alice"
-        )
+    with pytest.raises(CommandError, match="degraded: The language model took too long"):
+        call_command("ask", "[[fake mode=hang]] Where do zebras migrate?", "--user", "alice")
 
 
 def test_search_prints_ranked_results_the_user_may_read(people, capsys):

@@ -63,7 +63,11 @@ def test_the_configuration_summary_masks_passwords():
         "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup()\n"
         "from config.settings import describe_configuration; print(describe_configuration())"
     )
-    env = {**os.environ, "DATABASE_URL": "postgresql://app:s3cr3t-pw@db.internal/docchat", "REDIS_URL": "redis://:r3dis-pw@cache:6379/0"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://app:s3cr3t-pw@db.internal/docchat",
+        "REDIS_URL": "redis://:r3dis-pw@cache:6379/0",
+    }
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "s3cr3t-pw" not in result.stdout and "r3dis-pw" not in result.stdout

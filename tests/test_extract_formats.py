@@ -51,9 +51,7 @@ def make_docx() -> bytes:
     document = docx.Document()
     document.add_heading("Staff handbook", 0)
     document.add_heading("Leave", 1)
-    document.add_paragraph(
-        "Holiday requests are made two weeks ahead through the HR portal."
-    )
+    document.add_paragraph("Holiday requests are made two weeks ahead through the HR portal.")
     document.add_heading("Sick leave", 2)
     document.add_paragraph("Call your manager before nine on the first day of illness.")
     table = document.add_table(rows=2, cols=2)
@@ -121,9 +119,7 @@ def test_it_cites_each_pdf_chunk_with_the_page_it_came_from(collection, tmp_path
 
 
 def test_it_reads_a_pdf_whose_encryption_needs_no_password(collection, tmp_path):
-    document = ingest(
-        tmp_path, collection, "restricted.pdf", encrypt_pdf(make_pdf(ANIMALS[:1]), "")
-    )
+    document = ingest(tmp_path, collection, "restricted.pdf", encrypt_pdf(make_pdf(ANIMALS[:1]), ""))
     assert document.status == "ready", document.error
     assert "Aardvarks" in chunks_of(document)[0].text
 
@@ -140,10 +136,7 @@ def test_it_splits_a_docx_at_its_headings_and_keeps_its_tables(collection, tmp_p
         "Staff handbook › Pay",
     ]
     assert "two weeks ahead" in chunks[0].text
-    assert (
-        "Call your manager" in chunks[1].text
-        and "Kind | Days\n\nSick | Ten" in chunks[1].text
-    )
+    assert "Call your manager" in chunks[1].text and "Kind | Days\n\nSick | Ten" in chunks[1].text
     assert chunks[2].text == "Salaries are paid on the last working day of each month."
 
 
@@ -154,14 +147,8 @@ def test_it_reads_only_the_content_of_an_html_page(collection, tmp_path):
     assert document.mime == "text/html" and document.title == "Field guide to herons"
     chunks = chunks_of(document)
     assert [c.section for c in chunks] == ["Herons", "Herons › Grey heron"]
-    assert (
-        chunks[0].text
-        == "Herons wade in shallow water and spear fish with their bills."
-    )
-    assert (
-        "stands still" in chunks[1].text
-        and "Length | Wingspan\n\n95 cm | 185 cm" in chunks[1].text
-    )
+    assert chunks[0].text == "Herons wade in shallow water and spear fish with their bills."
+    assert "stands still" in chunks[1].text and "Length | Wingspan\n\n95 cm | 185 cm" in chunks[1].text
     everything = " ".join(c.text for c in chunks)
     dropped_parts = (
         "SCRIPT-SECRET-42",
@@ -181,14 +168,10 @@ def test_it_titles_an_html_page_without_a_title_tag_by_its_first_h1():
     assert [s.heading for s in sections] == ["Intro", "Owls"]
 
 
-@pytest.mark.parametrize(
-    "declaration", ['<meta charset="windows-1252">', '<meta charset="iso-8859-1">']
-)
+@pytest.mark.parametrize("declaration", ['<meta charset="windows-1252">', '<meta charset="iso-8859-1">'])
 def test_it_reads_an_html_page_in_a_legacy_encoding(declaration):
     text = "Le café de l'école est fermé à midi, déjà. Les élèves mangent à la cantine où le chef prépare des crêpes."
-    page = f"<html><head>{declaration}</head><body><p>{text}</p></body></html>".encode(
-        "cp1252"
-    )
+    page = f"<html><head>{declaration}</head><body><p>{text}</p></body></html>".encode("cp1252")
     assert extract_sections(page, HTML)[0].text == text
 
 
@@ -270,9 +253,7 @@ def absurdly_compressed_docx() -> bytes:
         ),
     ],
 )
-def test_it_fails_a_bad_file_with_a_reason_and_carries_on(
-    collection, tmp_path, settings, name, make, limits, reason
-):
+def test_it_fails_a_bad_file_with_a_reason_and_carries_on(collection, tmp_path, settings, name, make, limits, reason):
     for setting, value in limits.items():
         setattr(settings, setting, value)
     bad = ingest(tmp_path, collection, name, make())

@@ -30,8 +30,7 @@ def test_it_reports_ready_with_database_pgvector_and_model(client):
 def run_django(code: str, **env) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python process with Django set up and extra environment."""
     script = (
-        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup()\n"
-        + code
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup()\n" + code
     )
     return subprocess.run(
         [sys.executable, "-c", script],
@@ -45,9 +44,7 @@ def run_django(code: str, **env) -> subprocess.CompletedProcess:
 
 def test_it_reports_not_ready_when_the_database_is_unreachable():
     result = run_django(
-        "from django.test import Client\n"
-        "r = Client().get('/readyz')\n"
-        "print(r.status_code, r.content.decode())",
+        "from django.test import Client\nr = Client().get('/readyz')\nprint(r.status_code, r.content.decode())",
         DATABASE_URL="postgresql://nobody:secret-pw@127.0.0.1:9/nowhere",
         DB_POOL_TIMEOUT="2",
         DB_POOL_MIN="0",

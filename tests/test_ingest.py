@@ -27,9 +27,7 @@ def long_markdown(paragraphs: int) -> str:
     return f"# Guide\n\nIntro text.\n\n## Details\n\n{body}\n"
 
 
-def test_it_chunks_markdown_by_section_with_bounded_overlapping_chunks(
-    collection, tmp_path, settings
-):
+def test_it_chunks_markdown_by_section_with_bounded_overlapping_chunks(collection, tmp_path, settings):
     path = tmp_path / "guide.md"
     path.write_text(long_markdown(40))
     result = do_ingest_file(path, collection)
@@ -64,9 +62,7 @@ def test_it_does_nothing_when_the_same_file_is_ingested_again(collection, tmp_pa
         ("slides.pptx", b"PK\x03\x04 not supported", "unsupported file type .pptx"),
     ],
 )
-def test_it_marks_a_bad_file_failed_with_a_reason(
-    collection, tmp_path, name, data, reason
-):
+def test_it_marks_a_bad_file_failed_with_a_reason(collection, tmp_path, name, data, reason):
     path = tmp_path / name
     path.write_bytes(data)
     document = do_ingest_file(path, collection).document
@@ -77,38 +73,28 @@ def test_it_marks_a_bad_file_failed_with_a_reason(
 
 def test_it_reads_text_in_a_legacy_encoding(collection, tmp_path):
     path = tmp_path / "latin.txt"
-    path.write_bytes(
-        "Le café de l'école est fermé à midi. Déjà vu, naïve façade.".encode("latin-1")
-    )
+    path.write_bytes("Le café de l'école est fermé à midi. Déjà vu, naïve façade.".encode("latin-1"))
     document = do_ingest_file(path, collection).document
     assert document.status == "ready"
     assert "café" in Chunk.objects.get(document=document).text
 
 
 def test_it_keeps_headings_out_of_code_fences():
-    sections = markdown_sections(
-        "# A\n\ntext\n\n```\n# not a heading\n```\n\n## B\n\nmore"
-    )
+    sections = markdown_sections("# A\n\ntext\n\n```\n# not a heading\n```\n\n## B\n\nmore")
     assert [s.heading for s in sections] == ["A", "A › B"]
     assert "# not a heading" in sections[0].text
 
 
 def test_it_splits_a_paragraph_longer_than_a_chunk():
     text = " ".join(f"word{i}" for i in range(1000))
-    drafts = chunk_sections(
-        [Section("", text)], max_tokens=100, overlap_tokens=0, count_tokens=count_tokens
-    )
+    drafts = chunk_sections([Section("", text)], max_tokens=100, overlap_tokens=0, count_tokens=count_tokens)
     assert len(drafts) > 5
     assert all(d.token_count <= 100 for d in drafts)
     assert " ".join(d.text for d in drafts).split() == text.split()
 
 
-def test_the_ingest_command_reports_ready_failed_and_unchanged(
-    collection, tmp_path, capsys
-):
-    (tmp_path / "a.md").write_text(
-        "# Alpha\n\nAlpha is the first letter of the Greek alphabet."
-    )
+def test_the_ingest_command_reports_ready_failed_and_unchanged(collection, tmp_path, capsys):
+    (tmp_path / "a.md").write_text("# Alpha\n\nAlpha is the first letter of the Greek alphabet.")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("Beta follows alpha in the Greek alphabet.")
     call_command("ingest", str(tmp_path), "--collection", "library", "--now")
@@ -121,13 +107,9 @@ def test_the_ingest_command_reports_ready_failed_and_unchanged(
 
 def test_it_replaces_the_chunks_of_a_file_that_changed(collection, tmp_path):
     path = tmp_path / "policy.md"
-    path.write_text(
-        "# Policy\n\nThe old rule says bicycles are parked in the basement."
-    )
+    path.write_text("# Policy\n\nThe old rule says bicycles are parked in the basement.")
     first = do_ingest_file(path, collection).document
-    path.write_text(
-        "# Policy\n\nThe new rule says bicycles are parked in the courtyard."
-    )
+    path.write_text("# Policy\n\nThe new rule says bicycles are parked in the courtyard.")
     second = do_ingest_file(path, collection).document
     assert second.pk == first.pk and second.status == "ready"
     texts = list(Chunk.objects.filter(document=second).values_list("text", flat=True))

@@ -76,9 +76,7 @@ def test_it_uploads_the_same_content_only_once(library, client):
 
 def test_it_keeps_the_worker_going_after_a_bad_file(library):
     bad = do_add_document(library, "broken.txt", b"\x00\x01\x02" * 100).document
-    good = do_add_document(
-        library, "good.txt", b"A perfectly good document about tea."
-    ).document
+    good = do_add_document(library, "good.txt", b"A perfectly good document about tea.").document
     call_command("worker", "--batch", "--no-startup-delay", "--interval", "0")
     bad.refresh_from_db(), good.refresh_from_db()
     assert bad.status == "failed" and bad.error == "the file looks binary, not text"
@@ -162,9 +160,7 @@ def test_it_finishes_a_document_without_duplicates_after_its_worker_is_killed(li
         rescuer.wait(30)
 
     document.refresh_from_db()
-    ordinals = list(
-        Chunk.objects.filter(document=document).values_list("ordinal", flat=True)
-    )
+    ordinals = list(Chunk.objects.filter(document=document).values_list("ordinal", flat=True))
     assert len(ordinals) == expected == document.chunks_total == document.chunks_done
     assert sorted(ordinals) == list(range(expected))
     assert DBTaskResult.objects.get(pk=first_task).status == "FAILED"

@@ -16,9 +16,7 @@ async def test_it_streams_real_tokens_from_the_local_model():
         {"role": "user", "content": "Name three colours."},
     ]
     deltas = []
-    async for delta in guarded(
-        provider.stream(messages, generation), StreamLimits(60, 30, 120)
-    ):
+    async for delta in guarded(provider.stream(messages, generation), StreamLimits(60, 30, 120)):
         deltas.append(delta)
         if len(deltas) >= 8:
             break
@@ -36,9 +34,7 @@ async def test_it_stops_the_worker_thread_when_the_stream_is_closed():
     assert first
     # the single worker is free again: a new generation starts and produces tokens
     generation = Generation()
-    async for _ in provider.stream(
-        [{"role": "user", "content": "Say hi."}], generation
-    ):
+    async for _ in provider.stream([{"role": "user", "content": "Say hi."}], generation):
         pass
     assert generation.usage.completion_tokens and generation.usage.completion_tokens > 0
     assert local.model_loads == 1

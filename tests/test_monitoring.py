@@ -29,9 +29,7 @@ async def staff_client(user, **kwargs) -> AsyncClient:
 
 async def test_it_reports_the_connections_held_from_the_pool(staff):
     client = await staff_client(staff)
-    baseline = (await client.get("/monitoring/api/pool")).json()["pool"][
-        "in_use"
-    ]  # also opens the pool
+    baseline = (await client.get("/monitoring/api/pool")).json()["pool"]["in_use"]  # also opens the pool
     pool = connections["default"].pool
     held = [await sync_to_async(pool.getconn)() for _ in range(3)]
     try:
@@ -41,14 +39,10 @@ async def test_it_reports_the_connections_held_from_the_pool(staff):
     finally:
         for conn in held:
             pool.putconn(conn)
-    assert (await client.get("/monitoring/api/pool")).json()["pool"][
-        "in_use"
-    ] == baseline
+    assert (await client.get("/monitoring/api/pool")).json()["pool"]["in_use"] == baseline
 
 
-async def test_it_shows_an_open_breaker_everywhere_and_resets_it(
-    people, staff, chat_client, fake_groq, settings
-):
+async def test_it_shows_an_open_breaker_everywhere_and_resets_it(people, staff, chat_client, fake_groq, settings):
     settings.BREAKER_LLM_THRESHOLD = 2
     settings.BREAKER_LLM_TTL = 600
     fake_groq.configure(mode="error")
@@ -57,16 +51,10 @@ async def test_it_shows_an_open_breaker_everywhere_and_resets_it(
             await chat.answer("Where do zebras migrate?")
 
     client = await staff_client(staff, enforce_csrf_checks=True)
-    states = {
-        b["name"]: b["state"]
-        for b in (await client.get("/monitoring/api/breakers")).json()["breakers"]
-    }
+    states = {b["name"]: b["state"] for b in (await client.get("/monitoring/api/breakers")).json()["breakers"]}
     assert states["llm"] == "opened"
     page = (await client.get("/monitoring/")).content.decode()
-    assert (
-        'class="state opened"' in page
-        and "circuit breaker &#x27;llm&#x27; is opened" in page
-    )
+    assert 'class="state opened"' in page and "circuit breaker &#x27;llm&#x27; is opened" in page
     metrics = (await client.get("/metrics")).content.decode()
     assert 'docchat_circuit_breaker_open{name="llm"} 1.0' in metrics
 
@@ -74,9 +62,7 @@ async def test_it_shows_an_open_breaker_everywhere_and_resets_it(
     assert refused.status_code == 403  # no CSRF token
     page = (await client.get("/monitoring/")).content.decode()
     token = page.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
-    reset = await client.post(
-        "/monitoring/api/breakers/llm/reset", headers={"X-CSRFToken": token}
-    )
+    reset = await client.post("/monitoring/api/breakers/llm/reset", headers={"X-CSRFToken": token})
     assert reset.status_code == 200
     assert {b["name"]: b["state"] for b in reset.json()["breakers"]}["llm"] == "closed"
     assert (await breakers().describe())[0]["state"] == "closed"
@@ -92,9 +78,7 @@ async def test_it_keeps_monitoring_from_non_staff(people):
     )
     page = await client.get("/monitoring/")
     assert page.status_code == 302 and "/admin/login/" in page.url
-    assert (
-        await client.get("/metrics")
-    ).status_code == 200  # the test client comes from loopback
+    assert (await client.get("/metrics")).status_code == 200  # the test client comes from loopback
 
 
 async def test_it_refuses_metrics_to_a_remote_anonymous_scraper(db):
@@ -112,9 +96,7 @@ async def test_it_refuses_metrics_to_a_remote_anonymous_scraper(db):
     assert (await metrics_view(request)).status_code == 403
 
 
-async def test_it_counts_active_streams_during_concurrent_chats(
-    people, staff, chat_client
-):
+async def test_it_counts_active_streams_during_concurrent_chats(people, staff, chat_client):
     client = await staff_client(staff)
     peaks = []
 
@@ -126,9 +108,7 @@ async def test_it_counts_active_streams_during_concurrent_chats(
 
     async def chat(i):
         async with chat_client(people["alice"]) as c:
-            return await c.answer(
-                f"[[fake tokens=60 delay=0.02]] Where do zebras migrate? {i}"
-            )
+            return await c.answer(f"[[fake tokens=60 delay=0.02]] Where do zebras migrate? {i}")
 
     done = asyncio.Event()
     watcher = asyncio.create_task(watch(done))
@@ -137,20 +117,14 @@ async def test_it_counts_active_streams_during_concurrent_chats(
     await watcher
     assert max(peaks) >= 5
     after = (await client.get("/monitoring/api/streams")).json()["streams"]
-    assert (
-        after["active_generations"] == 0
-        and after["queued"] == 0
-        and after["websocket_connections"] == 0
-    )
+    assert after["active_generations"] == 0 and after["queued"] == 0 and after["websocket_connections"] == 0
 
 
 async def test_it_raises_and_clears_alerts_on_thresholds(staff, settings):
     client = await staff_client(staff)
     baseline = (await client.get("/monitoring/api/pool")).json()["pool"]["in_use"]
     pool = connections["default"].pool
-    settings.ALERT_POOL_USE = (
-        baseline + 1.5
-    ) / pool.max_size  # crossed only while we hold 3 more
+    settings.ALERT_POOL_USE = (baseline + 1.5) / pool.max_size  # crossed only while we hold 3 more
     held = [await sync_to_async(pool.getconn)() for _ in range(3)]
     try:
         alerts = (await client.get("/monitoring/api/alerts")).json()["alerts"]
@@ -181,7 +155,4 @@ async def test_it_exports_our_metrics_after_a_chat(people, staff, chat_client):
     ):
         assert name in text, name
     summary = (await client.get("/monitoring/api/summary")).json()
-    assert (
-        summary["latency"]["total"]["count"] >= 1
-        and summary["llm"]["provider"] == "groq"
-    )
+    assert summary["latency"]["total"]["count"] >= 1 and summary["llm"]["provider"] == "groq"

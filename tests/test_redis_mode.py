@@ -23,7 +23,19 @@ def redis_server(tmp_path):
     assert executable, "redis-server is required (installed on this kind of machine)"
     port = free_port()
     process = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.DEVNULL,
     )
     client = redis_lib.Redis(port=port)
@@ -49,7 +61,9 @@ def redis_mode(settings, redis_server):
     return redis_server
 
 
-async def test_it_shares_breaker_state_between_processes_through_redis(redis_mode, settings, people, chat_client, fake_groq):
+async def test_it_shares_breaker_state_between_processes_through_redis(
+    redis_mode, settings, people, chat_client, fake_groq
+):
     settings.BREAKER_LLM_THRESHOLD = 2
     settings.BREAKER_LLM_TTL = 600
     fake_groq.configure(mode="error")

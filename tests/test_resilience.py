@@ -14,19 +14,14 @@ from chat.models import Message
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
-async def test_it_opens_the_llm_breaker_after_repeated_failures_and_degrades(
-    people, chat_client, fake_groq, settings
-):
+async def test_it_opens_the_llm_breaker_after_repeated_failures_and_degrades(people, chat_client, fake_groq, settings):
     settings.BREAKER_LLM_THRESHOLD = 5
     settings.BREAKER_LLM_TTL = 1.0
     fake_groq.configure(mode="error", status=500)
     async with chat_client(people["alice"]) as client:
         for _ in range(5):
             finish, _ = await client.answer("Where do zebras migrate?")
-            assert (
-                finish["status"] == "degraded"
-                and finish["error_code"] == "llm_unavailable"
-            )
+            assert finish["status"] == "degraded" and finish["error_code"] == "llm_unavailable"
         assert fake_groq.fake.stats.requests == 5
 
         state = {b["name"]: b for b in await breakers().describe()}["llm"]
@@ -34,18 +29,10 @@ async def test_it_opens_the_llm_breaker_after_repeated_failures_and_degrades(
 
         started = time.monotonic()
         finish, frames = await client.answer("Where do zebras migrate?")
-        assert (
-            finish["status"] == "degraded"
-            and finish["error_code"] == "llm_circuit_open"
-        )
-        assert (
-            fake_groq.fake.stats.requests == 5
-        )  # the open breaker spared the dead LLM
+        assert finish["status"] == "degraded" and finish["error_code"] == "llm_circuit_open"
+        assert fake_groq.fake.stats.requests == 5  # the open breaker spared the dead LLM
         assert time.monotonic() - started < 2
-        assert (
-            "language model is unavailable" in finish["text"]
-            and "Serengeti" in finish["text"]
-        )
+        assert "language model is unavailable" in finish["text"] and "Serengeti" in finish["text"]
         assert finish["sources"] and "[1]" in finish["text"]
 
         # after the recovery time one trial call goes through; success closes the breaker
@@ -57,9 +44,7 @@ async def test_it_opens_the_llm_breaker_after_repeated_failures_and_degrades(
         assert state["state"] == "closed"
 
 
-async def test_it_resets_an_open_breaker_by_hand(
-    people, chat_client, fake_groq, settings
-):
+async def test_it_resets_an_open_breaker_by_hand(people, chat_client, fake_groq, settings):
     settings.BREAKER_LLM_THRESHOLD = 2
     settings.BREAKER_LLM_TTL = 600
     fake_groq.configure(mode="error")
@@ -72,9 +57,7 @@ async def test_it_resets_an_open_breaker_by_hand(
     assert finish["status"] == "complete"
 
 
-async def test_it_does_not_count_a_stopped_answer_as_an_llm_failure(
-    people, chat_client, settings
-):
+async def test_it_does_not_count_a_stopped_answer_as_an_llm_failure(people, chat_client, settings):
     settings.BREAKER_LLM_THRESHOLD = 1
     async with chat_client(people["alice"]) as client:
         await client.ask("[[fake tokens=300 delay=0.02]] Where do zebras migrate?")
@@ -86,9 +69,7 @@ async def test_it_does_not_count_a_stopped_answer_as_an_llm_failure(
     assert finish["status"] == "complete"
 
 
-async def test_it_times_out_a_slow_retrieval_and_keeps_the_loop_responsive(
-    people, chat_client, settings
-):
+async def test_it_times_out_a_slow_retrieval_and_keeps_the_loop_responsive(people, chat_client, settings):
     settings.RETRIEVAL_TIMEOUT_MS = 300
     lock_ready, release = asyncio.Event(), asyncio.Event()
 
@@ -98,9 +79,7 @@ async def test_it_times_out_a_slow_retrieval_and_keeps_the_loop_responsive(
 
         with transaction.atomic():
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "LOCK TABLE documents_collection IN ACCESS EXCLUSIVE MODE"
-                )
+                cursor.execute("LOCK TABLE documents_collection IN ACCESS EXCLUSIVE MODE")
             loop.call_soon_threadsafe(lock_ready.set)
             asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
         connection.close()
@@ -138,24 +117,14 @@ async def test_it_persists_every_question_with_a_final_status_under_load_and_fai
     async def chat(i):
         async with chat_client(people["alice"]) as client:
             mode = "mode=error" if i % 5 == 0 else "mode=ok"  # 20 % of requests fail
-            finish, _ = await client.answer(
-                f"[[fake {mode} tokens=20 delay=0.01]] Where do zebras migrate? {i}"
-            )
+            finish, _ = await client.answer(f"[[fake {mode} tokens=20 delay=0.01]] Where do zebras migrate? {i}")
             return finish
 
     finishes = await asyncio.gather(*(chat(i) for i in range(50)))
     statuses = await database_sync_to_async(
-        lambda: list(
-            Message.objects.filter(role="assistant").values_list("status", flat=True)
-        )
+        lambda: list(Message.objects.filter(role="assistant").values_list("status", flat=True))
     )()
-    assert (
-        len(statuses)
-        == 50
-        == await database_sync_to_async(Message.objects.filter(role="user").count)()
-    )
+    assert len(statuses) == 50 == await database_sync_to_async(Message.objects.filter(role="user").count)()
     assert set(statuses) <= {"complete", "degraded"}
-    assert (
-        statuses.count("degraded") >= 10 - 1
-    )  # the failing 20 %, whatever the breaker did
+    assert statuses.count("degraded") >= 10 - 1  # the failing 20 %, whatever the breaker did
     assert sorted(f["status"] for f in finishes) == sorted(statuses)

@@ -54,9 +54,7 @@ class LLMProvider(Protocol):
     name: str
     model: str
 
-    def stream(
-        self, messages: list[ChatMessage], generation: Generation
-    ) -> AsyncIterator[str]:
+    def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         """Yield text deltas of the answer; fill ``generation`` with usage when known."""
         ...
 
@@ -68,9 +66,7 @@ class StreamLimits:
     total: float
 
 
-async def guarded(
-    deltas: AsyncIterator[str], limits: StreamLimits
-) -> AsyncIterator[str]:
+async def guarded(deltas: AsyncIterator[str], limits: StreamLimits) -> AsyncIterator[str]:
     """Re-yield ``deltas``, raising ``LLMTimeout`` when the first delta, a gap between deltas, or
     the whole answer takes longer than ``limits``; closing this closes the provider's stream."""
     deadline = time.monotonic() + limits.total

@@ -63,9 +63,7 @@ class GroqProvider:
     def __init__(self, model: str) -> None:
         self.model = model
 
-    async def stream(
-        self, messages: list[ChatMessage], generation: Generation
-    ) -> AsyncIterator[str]:
+    async def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         try:
             async with get_client().chat.completions.with_streaming_response.create(
                 model=self.model,
@@ -85,9 +83,7 @@ class GroqProvider:
         except groq.RateLimitError as exc:
             raise LLMUnavailable("the Groq API is rate limiting us") from exc
         except groq.APIStatusError as exc:
-            raise LLMUnavailable(
-                f"the Groq API answered HTTP {exc.status_code}"
-            ) from exc
+            raise LLMUnavailable(f"the Groq API answered HTTP {exc.status_code}") from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise LLMStreamCut("the Groq stream was cut") from exc
         if generation.finish_reason is None:
@@ -106,9 +102,7 @@ def parse_event(line: str, generation: Generation) -> str:
     except ValueError as exc:
         raise LLMError("the Groq stream sent malformed data") from exc
     if "error" in event:
-        raise LLMUnavailable(
-            f"the Groq stream reported an error: {str(event['error'])[:200]}"
-        )
+        raise LLMUnavailable(f"the Groq stream reported an error: {str(event['error'])[:200]}")
     usage = event.get("usage") or (event.get("x_groq") or {}).get("usage")
     if usage:
         generation.usage.prompt_tokens = usage.get("prompt_tokens")

@@ -65,9 +65,7 @@ class LocalProvider:
     model = "SmolLM2-135M-Instruct"
     max_concurrency = 1  # one generation at a time per model instance
 
-    async def stream(
-        self, messages: list[ChatMessage], generation: Generation
-    ) -> AsyncIterator[str]:
+    async def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -75,9 +73,7 @@ class LocalProvider:
         def put(item: object) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        work = loop.run_in_executor(
-            executor(), _generate, messages, generation, stop, put
-        )
+        work = loop.run_in_executor(executor(), _generate, messages, generation, stop, put)
         try:
             while True:
                 item = await queue.get()
@@ -91,9 +87,7 @@ class LocalProvider:
             await asyncio.shield(work)
 
 
-def _generate(
-    messages: list[ChatMessage], generation: Generation, stop: threading.Event, put
-) -> None:
+def _generate(messages: list[ChatMessage], generation: Generation, stop: threading.Event, put) -> None:
     try:
         model = get_model()
         chunks = model.create_chat_completion(
@@ -114,9 +108,7 @@ def _generate(
                 produced += 1
                 put(text)
         generation.usage.completion_tokens = produced
-        generation.usage.prompt_tokens = len(
-            model.tokenize(_prompt_text(messages).encode())
-        )
+        generation.usage.prompt_tokens = len(model.tokenize(_prompt_text(messages).encode()))
     except Exception as exc:  # handed to the loop, which raises it as LLMUnavailable
         put(exc)
     finally:

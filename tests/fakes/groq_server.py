@@ -47,14 +47,10 @@ class Stats:
     active: int = 0
     max_active: int = 0
     questions: list[str] = field(default_factory=list)
-    prompts: list[list[dict]] = field(
-        default_factory=list
-    )  # the messages of recent requests
+    prompts: list[list[dict]] = field(default_factory=list)  # the messages of recent requests
 
     def as_dict(self) -> dict:
-        counters = {
-            k: v for k, v in self.__dict__.items() if k not in ("questions", "prompts")
-        }
+        counters = {k: v for k, v in self.__dict__.items() if k not in ("questions", "prompts")}
         return counters | {"last_questions": self.questions[-20:]}
 
 
@@ -99,9 +95,7 @@ class FakeGroq:
             )
         self.stats.active += 1
         self.stats.max_active = max(self.stats.max_active, self.stats.active)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         try:
             await response.prepare(request)
             await self.stream(request, response, body, question, behaviour)
@@ -140,9 +134,7 @@ class FakeGroq:
                 await pause(request, float(behaviour["delay"]))
             await send_event(
                 response,
-                chunk(
-                    body["model"], created, {"content": ("" if i == 0 else " ") + word}
-                ),
+                chunk(body["model"], created, {"content": ("" if i == 0 else " ") + word}),
             )
         usage = {
             "prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
@@ -165,9 +157,7 @@ def answer_words(question: str, tokens: int) -> list[str]:
     return (words + [f"word{i}" for i in range(tokens)])[: max(tokens, 1)]
 
 
-def chunk(
-    model: str, created: int, delta: dict, finish_reason: str | None = None
-) -> dict:
+def chunk(model: str, created: int, delta: dict, finish_reason: str | None = None) -> dict:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",

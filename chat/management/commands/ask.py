@@ -4,12 +4,12 @@ import asyncio
 import sys
 import uuid
 
-from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from chat.actions import do_record_question
 from chat.answering import answer_question
+from common.db import db_async
 
 
 class Command(BaseCommand):
@@ -30,14 +30,10 @@ class Command(BaseCommand):
             raise CommandError(f"no user named {user!r}")
         answer = asyncio.run(self._ask(account, question, conversation))
         if answer["status"] != "complete":
-            raise CommandError(
-                f"the answer {answer['status']}: {answer.get('error', '')}"
-            )
+            raise CommandError(f"the answer {answer['status']}: {answer.get('error', '')}")
 
     async def _ask(self, account, question: str, conversation: int | None) -> dict:
-        asked = await database_sync_to_async(do_record_question)(
-            account, conversation, question, str(uuid.uuid4())
-        )
+        asked = await db_async(do_record_question)(account, conversation, question, str(uuid.uuid4()))
         outcome: dict = {}
 
         async def show(frame: dict) -> None:
@@ -68,12 +64,6 @@ class Command(BaseCommand):
                 )
                 if x
             )
-            self.stdout.write(
-                f"[{source['n']}] {where} (similarity {source['similarity']:.2f})"
-            )
+            self.stdout.write(f"[{source['n']}] {where} (similarity {source['similarity']:.2f})")
         timings = frame["timings"]
-        self.stdout.write(
-            self.style.NOTICE(
-                f"answer #{frame['message_id']}: {frame['status']} · timings {timings}"
-            )
-        )
+        self.stdout.write(self.style.NOTICE(f"answer #{frame['message_id']}: {frame['status']} · timings {timings}"))

@@ -17,16 +17,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, collection, status, **options):
-        documents = Document.objects.select_related("collection").order_by(
-            "collection__name", "title"
-        )
+        documents = Document.objects.select_related("collection").order_by("collection__name", "title")
         if collection:
             documents = documents.filter(collection__name=collection)
         if status:
             documents = documents.filter(status=status)
-        self.stdout.write(
-            f"{'id':>5}  {'collection':<20} {'status':<10} {'chunks':>11}  {'size':>9}  title / error"
-        )
+        self.stdout.write(f"{'id':>5}  {'collection':<20} {'status':<10} {'chunks':>11}  {'size':>9}  title / error")
         for d in documents:
             progress = f"{d.chunks_done}/{d.chunks_total}"
             line = f"{d.pk:>5}  {d.collection.name[:20]:<20} {d.status:<10} {progress:>11}  {d.size_bytes:>9}  {d.title[:50]}"

@@ -18,9 +18,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("paths", nargs="+", type=Path)
-        parser.add_argument(
-            "--collection", required=True, help="collection name (created if missing)"
-        )
+        parser.add_argument("--collection", required=True, help="collection name (created if missing)")
         parser.add_argument(
             "--owner",
             help="owner username for a new collection (default: first superuser)",
@@ -52,18 +50,12 @@ class Command(BaseCommand):
                     path.read_bytes(),
                     source_path=str(path.resolve()),
                 )
-                state = (
-                    "queued"
-                    if result.created
-                    else f"unchanged ({result.document.status})"
-                )
+                state = "queued" if result.created else f"unchanged ({result.document.status})"
                 self.stdout.write(f"{state:<10} {path}")
             return
         failed = 0
         for path in files:
-            with tqdm(
-                total=0, desc=path.name[:40], unit="chunk", disable=None, leave=False
-            ) as bar:
+            with tqdm(total=0, desc=path.name[:40], unit="chunk", disable=None, leave=False) as bar:
                 result = do_ingest_file(
                     path,
                     target,
@@ -78,15 +70,9 @@ class Command(BaseCommand):
         if existing:
             return existing
         users = get_user_model().objects
-        user = (
-            users.filter(username=owner).first()
-            if owner
-            else users.filter(is_superuser=True).first()
-        )
+        user = users.filter(username=owner).first() if owner else users.filter(is_superuser=True).first()
         if user is None:
-            raise CommandError(
-                "a new collection needs an owner: pass --owner USERNAME (an existing user)"
-            )
+            raise CommandError("a new collection needs an owner: pass --owner USERNAME (an existing user)")
         return Collection.objects.create(name=name, owner=user, is_public=public)
 
     def _report(self, path: Path, result) -> int:
@@ -94,9 +80,7 @@ class Command(BaseCommand):
         if not result.created:
             self.stdout.write(f"unchanged  {path} (already ingested as #{document.pk})")
         elif document.status == Document.Status.READY:
-            self.stdout.write(
-                self.style.SUCCESS(f"ready      {path}: {document.chunks_total} chunks")
-            )
+            self.stdout.write(self.style.SUCCESS(f"ready      {path}: {document.chunks_total} chunks"))
         else:
             self.stderr.write(self.style.ERROR(f"failed     {path}: {document.error}"))
             return 1

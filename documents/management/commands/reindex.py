@@ -37,9 +37,7 @@ class Command(BaseCommand):
             if now:
                 do_process_document(document.pk)
                 document.refresh_from_db()
-            self.stdout.write(
-                f"{'reindexed' if now else 'queued':<10} {document.title} ({document.status})"
-            )
+            self.stdout.write(f"{'reindexed' if now else 'queued':<10} {document.title} ({document.status})")
             count += 1
         self.stdout.write(f"{count} document(s)")
 

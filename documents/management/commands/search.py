@@ -32,7 +32,5 @@ class Command(BaseCommand):
                 )
                 if x
             )
-            self.stdout.write(
-                f"[{n}] score={hit.score:.4f} similarity={hit.similarity:.3f}  {where}"
-            )
+            self.stdout.write(f"[{n}] score={hit.score:.4f} similarity={hit.similarity:.3f}  {where}")
             self.stdout.write(f"     {snippet(hit.text)}")

@@ -34,16 +34,12 @@ class Command(BaseCommand):
         users = get_user_model().objects
         user = users.filter(username=settings.DEMO_USERNAME).first()
         if user is not None:
-            if settings.DEMO_PASSWORD and not user.check_password(
-                settings.DEMO_PASSWORD
-            ):
+            if settings.DEMO_PASSWORD and not user.check_password(settings.DEMO_PASSWORD):
                 user.set_password(settings.DEMO_PASSWORD)
                 user.save()
             return user
         password = settings.DEMO_PASSWORD or secrets.token_urlsafe(12)
-        user = users.create_superuser(
-            settings.DEMO_USERNAME, email="", password=password
-        )
+        user = users.create_superuser(settings.DEMO_USERNAME, email="", password=password)
         shown = "from DEMO_PASSWORD" if settings.DEMO_PASSWORD else password
         self.stdout.write(
             self.style.WARNING(
