@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from common.db import db_async
-from documents.embedding import embed_query
+from documents.embedding import embed_query, ensure_loaded
 from documents.search import Hit, search
 from monitoring import metrics
 
@@ -103,6 +103,7 @@ async def answer_question(user, asked: Asked, send: Send) -> Answer:
         answer.mark("total")
         # Shielded: a second cancel (server shutting down) must not lose the final state.
         await asyncio.shield(_persist(answer, provider))
+        logger.info("answer %s ended %s in %.2fs", asked.answer_id, answer.status, answer.timings["total"])
         metrics.record_answer(answer.status, answer.timings, answer.deltas)
         await send(_finish(answer))
     return answer
@@ -149,6 +150,7 @@ async def _degrade(answer: Answer, hits: list[Hit], cause: Exception, send: Send
 
 async def _retrieve(user, answer: Answer) -> list[Hit]:
     query = retrieval_query(answer.asked.question, answer.asked.history)
+    await ensure_loaded()
     try:
         async with (
             breakers().guard("embedding"),

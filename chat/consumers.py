@@ -14,6 +14,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from common.db import db_async
+from documents import embedding
 from monitoring import live, metrics
 
 from . import protocol
@@ -42,6 +43,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
+        embedding.warm_up()  # a fresh server starts loading the model with its first chat
         await self.accept()
         live.connection_opened()
         self.counted = True

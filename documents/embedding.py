@@ -56,6 +56,13 @@ def is_loaded() -> bool:
     return _model is not None
 
 
+async def ensure_loaded() -> None:
+    """Wait (off the loop) until the model is loaded; a no-op once it is. Callers time the
+    embedding itself after this, so a cold start is not mistaken for a slow embedding."""
+    if _model is None:
+        await asyncio.get_running_loop().run_in_executor(executor(), get_model)
+
+
 def warm_up() -> None:
     """Start loading the model in the background (first page view), so the first question of a
     fresh server does not wait for it; returns at once."""

@@ -128,3 +128,35 @@ def test_it_sends_a_logged_out_visitor_to_the_login_page(dave, daphne_server, br
     assert "Wrong username or password" in page.inner_text("body")
     shot(page, "0-login-error")
     page.close()
+
+
+@pytest.fixture
+def operator(transactional_db, people):
+    user = make_user("operator")
+    user.is_staff = user.is_superuser = True
+    user.save()
+    return user
+
+
+def test_the_dashboard_draws_charts_and_updates_live_during_a_chat(operator, daphne_server, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    dashboard = context.new_page()
+    dashboard.set_default_timeout(30_000)
+    dashboard.goto(daphne_server.url + "/admin/login/?next=/monitoring/")
+    dashboard.fill("#id_username", "operator")
+    dashboard.fill("#id_password", "operator-pass-123")
+    dashboard.click("input[type=submit]")
+    dashboard.wait_for_selector("#chart-latency line", state="attached")  # the SVG axes are drawn
+    assert dashboard.inner_text("#active-generations") == "0"
+
+    chat = context.new_page()
+    chat.goto(daphne_server.url + "/")
+    chat.wait_for_selector("#connection.ok")
+    ask(chat, "[[fake tokens=300 delay=0.05]] Where do zebras migrate?")
+    dashboard.wait_for_function("document.querySelector('#active-generations').textContent === '1'")
+    assert dashboard.inner_text("#ws") == "1"
+    shot(dashboard, "7-dashboard-live")
+    chat.click("#stop")
+    dashboard.wait_for_function("document.querySelector('#active-generations').textContent === '0'")
+    assert "p95" in dashboard.inner_text("#latency")
+    context.close()

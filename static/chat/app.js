@@ -177,13 +177,19 @@
     if (!r.ok) { setConversation(null, "New chat", false); return; }
     const data = await r.json();
     setConversation(data.id, data.title, false);
+    let unfinished = false;
     for (const m of data.messages) {
       if (m.role === "user") { addQuestion(m.text); continue; }
       const a = answerView(m.id);
-      if (m.status === "pending" || m.status === "streaming") { a.status.textContent = "still being answered…"; continue; }
+      if (m.status === "pending" || m.status === "streaming") {
+        a.status.textContent = "still being answered…"; unfinished = true; continue;
+      }
       showFinished(a, m);
     }
     messagesEl.scrollTop = messagesEl.scrollHeight;
+    // An answer produced elsewhere (another tab, or a server that was going down) is not streamed
+    // to this page: look again until it has finished.
+    if (unfinished) setTimeout(() => { if (state.conversationId === id && !state.active.size) loadConversation(id); }, 2000);
   }
   async function refreshSidebar() {
     const q = $("conversation-search").value.trim();
