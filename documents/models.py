@@ -103,3 +103,14 @@ class Chunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.ordinal}"
+
+
+class WorkerHeartbeat(models.Model):
+    """Written by each ``manage.py worker`` every recovery interval: readiness and monitoring use it
+    to tell queued ingestion jobs that nobody will run."""
+
+    worker_id = models.CharField(max_length=100, primary_key=True)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.worker_id

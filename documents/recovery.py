@@ -17,7 +17,7 @@ from django_tasks.base import TaskResultStatus
 from django_tasks_db.models import DBTaskResult
 
 from .ingest import do_requeue
-from .models import Document
+from .models import Document, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +56,30 @@ def _requeue_if_orphaned(document_id: int, cutoff) -> bool:
         return True
 
 
-class RecoveryLoop(threading.Thread):
-    """Runs ``requeue_orphaned_documents`` every ``interval`` seconds beside a worker."""
+def do_heartbeat(worker_id: str) -> None:
+    WorkerHeartbeat.objects.update_or_create(worker_id=worker_id, defaults={"seen_at": timezone.now()})
 
-    def __init__(self, interval: float) -> None:
+
+def live_workers() -> int:
+    """Workers that wrote a heartbeat within three recovery intervals."""
+    cutoff = timezone.now() - timedelta(seconds=3 * settings.INGEST_RECOVERY_INTERVAL)
+    return WorkerHeartbeat.objects.filter(seen_at__gte=cutoff).count()
+
+
+class RecoveryLoop(threading.Thread):
+    """Beside a worker, every ``interval`` seconds: write its heartbeat, and re-queue documents
+    abandoned by dead workers."""
+
+    def __init__(self, interval: float, worker_id: str) -> None:
         super().__init__(daemon=True, name="ingest-recovery")
         self.interval = interval
+        self.worker_id = worker_id
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
+                do_heartbeat(self.worker_id)
                 requeue_orphaned_documents()
             except Exception:
                 logger.exception("recovery of orphaned documents failed; will retry")

@@ -17,6 +17,7 @@ from chat.limits import generation_slots
 from chat.llm import get_provider
 from chat.ratelimit import question_limiter
 from documents.models import Document
+from documents.recovery import live_workers
 
 from . import live, metrics
 
@@ -85,6 +86,7 @@ def job_counts() -> dict:
             "failed_last_hour": Document.objects.filter(
                 status=Document.Status.FAILED, updated_at__gte=hour_ago
             ).count(),
+            "workers_alive": live_workers(),
             "documents_in_progress": Document.objects.filter(
                 status__in=[
                     Document.Status.PENDING,
@@ -130,6 +132,10 @@ def evaluate_alerts(summary: dict) -> list[dict]:
         firing["queue_growing"] = f"{summary['streams']['queued']} answers waiting for a generation slot"
     if summary["loop_lag_ms"]["last"] > settings.ALERT_LOOP_LAG_MS:
         firing["loop_lag"] = f"event loop lag {summary['loop_lag_ms']['last']} ms"
+    if summary["jobs"]["queued"] and not summary["jobs"]["workers_alive"]:
+        firing["no_worker"] = (
+            f"{summary['jobs']['queued']} ingestion job(s) queued and no worker alive (manage.py worker)"
+        )
     if summary["jobs"]["failed_last_hour"]:
         firing["ingestion_failures"] = f"{summary['jobs']['failed_last_hour']} document(s) failed in the last hour"
     if summary["redis"].get("fallback_to_local"):

@@ -15,9 +15,11 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_prometheus.exports import ExportToDjangoView
+from django_tasks_db.models import DBTaskResult
 
 from chat.breakers import NAMES, breakers
 from documents import embedding
+from documents.recovery import live_workers
 
 from .summary import build_summary, refresh_gauges
 
@@ -39,6 +41,7 @@ def readyz(request):
         "database": _check_database(),
         "pgvector": _check_pgvector(),
         "embedding_model": _check_model(),
+        "worker": _check_worker(),
     }
     if settings.REDIS_URL:
         checks["redis"] = _check_redis()
@@ -82,6 +85,18 @@ def _check_model() -> dict:
     except RuntimeError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True, "loaded": False, "path": path}
+
+
+def _check_worker() -> dict:
+    """Ingestion is stalled if jobs wait and no worker has written a heartbeat recently."""
+    try:
+        alive = live_workers()
+        queued = DBTaskResult.objects.filter(status="READY").count()
+    except Exception as exc:
+        return {"ok": False, "error": f"cannot check workers ({type(exc).__name__})"}
+    if queued and not alive:
+        return {"ok": False, "error": f"{queued} ingestion job(s) queued and no worker alive", "alive": 0}
+    return {"ok": True, "alive": alive, "queued": queued}
 
 
 def _check_redis() -> dict:

@@ -171,3 +171,13 @@ def _upload(name: str, data: bytes):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile(name, data)
+
+
+def test_readiness_reports_queued_jobs_without_a_live_worker(library, client):
+    do_add_document(library, "waiting.txt", b"Nobody is running the worker yet.")
+    stalled = client.get("/readyz")
+    assert stalled.status_code == 503
+    assert stalled.json()["checks"]["worker"]["error"] == "1 ingestion job(s) queued and no worker alive"
+    call_command("worker", "--batch", "--no-startup-delay", "--interval", "0")  # writes its heartbeat
+    ready = client.get("/readyz").json()["checks"]["worker"]
+    assert ready == {"ok": True, "alive": 1, "queued": 0}
