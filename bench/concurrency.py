@@ -310,6 +310,8 @@ class Result:
     total: float | None = None  # seconds from ask to the finish frame
     errors: list[str] = field(default_factory=list)
     server: dict[str, float] = field(default_factory=dict)  # the finish frame's timings (from after ack)
+    status: str | None = None  # the finish frame's status
+    echo: str | None = None  # the text the fake LLM echoes back, if not the question itself
 
 
 async def open_socket(url: str, origin: str, cookie: str, timeout: float, result: Result):
@@ -361,6 +363,7 @@ async def ask(socket_, result: Result, timeout: float) -> None:
                 elif kind == "finish":
                     result.total = time.perf_counter() - started
                     result.server = reply.get("timings") or {}
+                    result.status = reply.get("status")
                     check_finish(reply, result)
                     return
     except TimeoutError:
@@ -375,7 +378,7 @@ def check_finish(frame: dict, result: Result) -> None:
         result.errors.append(f"finish status: {frame.get('status')}")
     elif text.startswith("I could not find"):
         result.errors.append("not found (retrieval found nothing, the LLM was not called)")
-    elif f"«{result.question}»" not in text:
+    elif f"«{result.echo or result.question}»" not in text:
         note(result, "crossover")  # not this client's own answer (the fake LLM echoes it)
 
 
@@ -396,12 +399,16 @@ async def client(url: str, origin: str, cookie: str, go: asyncio.Event, result: 
             await socket_.close()
 
 
-async def run_level(n: int, cookies: list[str], servers: Servers, args, tag: str = "") -> list[Result]:
-    """N clients connect, wait for every other one, then all ask at once."""
+async def run_level(
+    n: int, cookies: list[str], servers: Servers, args, tag: str = "", results: list[Result] | None = None
+) -> list[Result]:
+    """N clients connect, wait for every other one, then all ask at once (client i asks
+    ``results[i].question``; by default the bench questions, numbered after ``tag``)."""
     url = f"ws://127.0.0.1:{servers.daphne_port}/ws/chat/"
     origin = servers.daphne_url
     go = asyncio.Event()
-    results = [Result(f"{QUESTIONS[i % len(QUESTIONS)]} #{tag}{i}") for i in range(n)]
+    if results is None:
+        results = [Result(f"{QUESTIONS[i % len(QUESTIONS)]} #{tag}{i}") for i in range(n)]
     tasks = [asyncio.create_task(client(url, origin, cookies[i], go, results[i], args)) for i in range(n)]
     await wait_until_connected(results, args.connect_timeout + 5)
     go.set()

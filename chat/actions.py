@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -150,3 +151,23 @@ def do_finish_answer(
 
 def load_answer(user, answer_id: int) -> Message:
     return access_answer(user, answer_id)
+
+
+def answer_deadline_seconds() -> float:
+    """The longest an answer can legitimately stay pending (queue + retrieval + generation)."""
+    return (
+        settings.GENERATION_QUEUE_TIMEOUT
+        + settings.EMBEDDING_TIMEOUT
+        + settings.RETRIEVAL_TIMEOUT_MS / 1000
+        + settings.LLM_TOTAL_TIMEOUT
+        + 60
+    )
+
+
+def do_fail_abandoned_answers(older_than: float | None = None) -> int:
+    """Answers still pending past any possible deadline were abandoned by a process that died
+    (killed, out of memory): give them a final status so nothing stays pending forever."""
+    cutoff = timezone.now() - timedelta(seconds=older_than if older_than is not None else answer_deadline_seconds())
+    return Message.objects.filter(
+        role=Message.Role.ASSISTANT, status=Message.Status.PENDING, updated_at__lt=cutoff
+    ).update(status=Message.Status.FAILED, error_code="interrupted", updated_at=timezone.now())

@@ -20,6 +20,7 @@ from monitoring import live, metrics
 from . import protocol
 from .actions import Asked, NotFound, do_record_question, load_answer
 from .answering import answer_question, finish_frame_for
+from .janitor import janitor
 from .limits import TooManyGenerations, check_user_generations, track_user_generation
 from .models import Message
 from .protocol import ProtocolError, check_frame
@@ -46,6 +47,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         embedding.warm_up()  # a fresh server starts loading the model with its first chat
         await self.accept()
         live.connection_opened()
+        janitor().ensure_running()
         self.counted = True
 
     async def dispatch(self, message) -> None:

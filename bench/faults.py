@@ -1,0 +1,406 @@
+"""Faults under load: what a failing LLM does to N concurrent chats, next to a healthy baseline.
+
+In one run, side by side: N authenticated WebSocket chats (default 100) against a real daphne
+server all ask at the same moment, first with a healthy fake LLM (the baseline, fail rate 0),
+then with ``--fail-rate`` of the questions (default 20 %) making the fake Groq server answer
+HTTP 500 (``[[fake mode=error status=500]]`` in the question; the others carry
+``[[fake tokens=50 delay=0.02]]``). ``--rounds`` repeats the pair; the LLM circuit breaker is
+reset (through the staff monitoring API) before each phase so every phase starts closed.
+
+Reported per phase:
+
+- p50/p95 of the time to first token and of the total time, over every answer that finished (a
+  degraded answer is an answer too), then split by final status; p95(faults) / p95(no faults);
+- the error rate: chats whose answer did not end ``complete`` (expected: ``degraded``, i.e. cited
+  passages instead of generated text, for the failing LLM calls; and once the LLM breaker opens
+  after 5 consecutive failures, healthy questions degrade too until its TTL), with counts per
+  final status, as the clients saw them and as stored;
+- lost messages: the questions and answers stored in the database during this run (found by a
+  unique run tag in the question text) against the number sent -- must be equal -- and the
+  answers left unfinished (``pending`` / ``streaming``) -- must be 0;
+- the max event-loop lag of the server during the phase: ``loop_lag_ms`` of
+  ``/monitoring/api/summary``, polled every 0.5 s by ``monitoring.client.MonitoringClient`` as a
+  staff user (``bench-staff``, created in the bench database).
+
+Servers, database, users and clients are those of ``bench/concurrency.py`` (imported from it):
+daphne + the fake Groq server as subprocesses, the embedded PostgreSQL with its own database
+``docchat_bench``. Run from the project folder (about a minute; exits non-zero if a message was
+lost, an answer left unfinished, or a server crashed)::
+
+    .venv/bin/python bench/faults.py [--chats 100] [--fail-rate 0.2] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from concurrency import (  # noqa: E402  (the shared benchmark machinery)
+    QUESTIONS,
+    CpuMeter,
+    Result,
+    Servers,
+    fmt,
+    percentile,
+    plan_servers,
+    prepare_database,
+    print_machine,
+    report_logs,
+    run_level,
+    start_servers,
+    still_serving,
+    stop,
+)
+
+STAFF_USER = "bench-staff"
+POLL_EVERY = 0.5
+UNFINISHED = ("pending", "streaming")
+STATUSES = ("complete", "degraded", "failed", "stopped")
+
+
+# --- command line -----------------------------------------------------------------------------
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chats", type=int, default=100, help="concurrent chats per phase")
+    parser.add_argument("--fail-rate", type=float, default=0.2, help="share of questions whose LLM call fails")
+    parser.add_argument("--rounds", type=int, default=1, help="baseline + faults pairs, run alternately")
+    parser.add_argument("--seed", type=int, default=0, help="picks which questions fail")
+    parser.add_argument("--tokens", type=int, default=50, help="tokens per healthy fake answer")
+    parser.add_argument("--delay", type=float, default=0.02, help="seconds between fake tokens")
+    parser.add_argument("--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne")
+    parser.add_argument("--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS")
+    parser.add_argument("--answer-timeout", type=float, default=60.0, help="seconds one client waits for finish")
+    parser.add_argument("--connect-timeout", type=float, default=20.0, help="seconds to open one WebSocket")
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait after the run for unfinished answers before counting them",
+    )
+    parser.add_argument("--log-dir", default="/tmp", help="where daphne's and the fake server's logs go")
+    args = parser.parse_args()
+    if args.chats < 1 or args.rounds < 1 or not 0 <= args.fail_rate <= 1:
+        parser.error("--chats and --rounds must be positive, --fail-rate in 0..1")
+    return args
+
+
+# --- one phase ----------------------------------------------------------------------------------
+@dataclass
+class Phase:
+    name: str
+    key: str  # in the run tag of its questions
+    fail_rate: float
+    results: list[Result] = field(default_factory=list)
+    failing: int = 0  # questions sent with the error directive
+    lags: list[float] = field(default_factory=list)  # polled loop_lag_ms.last
+    lag_max_rose_to: float | None = None  # loop_lag_ms.max, when it rose during the phase
+    polls_failed: list[str] = field(default_factory=list)
+    llm_states: Counter = field(default_factory=Counter)  # the LLM breaker's state per poll
+    llm_requests: int = 0  # calls that reached the fake LLM
+    cpu: dict[str, float] = field(default_factory=dict)
+    stored: dict = field(default_factory=dict)  # counted in the database after the run
+
+    def finished(self, status: str | None = None) -> list[Result]:
+        return [r for r in self.results if r.total is not None and (status is None or r.status == status)]
+
+    def times(self, attr: str, status: str | None = None) -> list[float]:
+        return [getattr(r, attr) for r in self.finished(status) if getattr(r, attr) is not None]
+
+    def statuses(self) -> Counter:
+        return Counter(r.status if r.total is not None else "no finish" for r in self.results)
+
+    @property
+    def not_complete(self) -> int:
+        return sum(1 for r in self.results if r.status != "complete")
+
+    def other_errors(self) -> Counter:
+        """Client-side problems besides the expected ones (status and the LLM's error frame)."""
+        expected = ("finish status:", "error frame: llm_unavailable")
+        return Counter(e for r in self.results for e in r.errors if not e.startswith(expected))
+
+    @property
+    def lag_max(self) -> float | None:
+        seen = [*self.lags, *([self.lag_max_rose_to] if self.lag_max_rose_to is not None else [])]
+        return max(seen) if seen else None
+
+
+def directive(failing: bool, args: argparse.Namespace) -> str:
+    return "[[fake mode=error status=500]]" if failing else f"[[fake tokens={args.tokens} delay={args.delay}]]"
+
+
+def questions_for(phase: Phase, round_: int, run_tag: str, args, rng: random.Random) -> list[Result]:
+    """The phase's questions: ``fail_rate`` of them, picked at random, make the LLM fail."""
+    failing = set(rng.sample(range(args.chats), round(args.chats * phase.fail_rate)))
+    phase.failing += len(failing)
+    results = []
+    for i in range(args.chats):
+        echo = f"{QUESTIONS[i % len(QUESTIONS)]} #{tag_of(run_tag, phase)}{round_}-{i}"
+        results.append(Result(f"{directive(i in failing, args)} {echo}", echo=echo))
+    return results
+
+
+def tag_of(run_tag: str, phase: Phase) -> str:
+    return f"{run_tag}{phase.key}"
+
+
+# --- the staff monitoring client -----------------------------------------------------------------
+def ensure_staff_user() -> None:
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    user, _ = get_user_model().objects.get_or_create(username=STAFF_USER)
+    if not (user.is_staff and user.is_active) or user.has_usable_password():
+        user.is_staff, user.is_active = True, True
+        user.set_unusable_password()
+        user.save()
+    connections.close_all()
+
+
+async def monitoring_client(servers: Servers):
+    """A fresh MonitoringClient (its session lasts 5 minutes); it writes the session in a thread."""
+    from monitoring.client import MonitoringClient
+
+    return await asyncio.wait_for(asyncio.to_thread(MonitoringClient, servers.daphne_url, STAFF_USER), 15)
+
+
+async def call(function, *args, timeout: float = 12.0):
+    """A blocking client call off the clients' event loop, bounded in time."""
+    return await asyncio.wait_for(asyncio.to_thread(function, *args), timeout)
+
+
+async def poll_summary(client, phase: Phase, stop_polling: asyncio.Event, lag_max_before: float) -> None:
+    """Every 0.5 s until told to stop: the server's loop lag and LLM breaker state."""
+    while True:
+        try:
+            summary = await call(client.get, "summary")
+            lag = summary["loop_lag_ms"]
+            phase.lags.append(lag["last"])
+            if lag["max"] > lag_max_before:
+                phase.lag_max_rose_to = lag["max"]
+            llm = next((b for b in summary["breakers"] if b["name"] == "llm"), {})
+            phase.llm_states[llm.get("state", "?")] += 1
+        except Exception as exc:  # noted in the report: a gap in the lag samples
+            phase.polls_failed.append(f"{type(exc).__name__}: {exc}"[:120])
+        try:
+            await asyncio.wait_for(stop_polling.wait(), POLL_EVERY)
+            return
+        except TimeoutError:
+            pass
+
+
+async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: Servers, args, rng) -> None:
+    client = await monitoring_client(servers)
+    await call(client.reset_breaker, "llm")  # every phase starts with the LLM breaker closed
+    await call(servers.reset_llm_stats, args)
+    lag_max_before = (await call(client.get, "summary"))["loop_lag_ms"]["max"]
+    results = questions_for(phase, round_, run_tag, args, rng)
+    stop_polling = asyncio.Event()
+    poller = asyncio.create_task(poll_summary(client, phase, stop_polling, lag_max_before))
+    cpu = CpuMeter({"daphne": servers.daphne.pid, "llm": servers.groq.pid, "clients": os.getpid()})
+    try:
+        phase.results += await run_level(args.chats, cookies, servers, args, results=results)
+    finally:
+        stop_polling.set()
+        await asyncio.wait_for(poller, 30)
+    phase.cpu = cpu.percent()  # the last round's
+    phase.llm_requests += (await call(servers.llm_stats))["requests"]
+    await asyncio.sleep(1.0)  # let the last writes settle before the next phase
+
+
+async def measure(args, servers: Servers, cookies: list[str], phases: list[Phase], run_tag: str) -> None:
+    warm = await run_level(1, cookies, servers, args, tag=f"{run_tag}w-")
+    if warm[0].errors:
+        raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})")
+    rng = random.Random(args.seed)
+    for round_ in range(args.rounds):
+        for phase in phases:
+            await run_phase(phase, round_, run_tag, cookies, servers, args, rng)
+            print(
+                f"  round {round_ + 1} {phase.name}: done ({dict(phase.statuses())} so far)",
+                flush=True,
+            )
+            if servers.crashed():
+                return
+
+
+# --- counting in the database ----------------------------------------------------------------------
+def count_stored(phases: list[Phase], run_tag: str, settle_timeout: float) -> None:
+    """Questions and answers of this run in the database, per phase; waits (bounded) for answers
+    still unfinished, then counts what is left unfinished."""
+    from django.db import connections
+
+    from chat.models import Message
+
+    def answers(phase: Phase):
+        return Message.objects.filter(
+            role=Message.Role.ASSISTANT, reply_to__text__contains=f"#{tag_of(run_tag, phase)}"
+        )
+
+    deadline = time.monotonic() + settle_timeout
+    try:
+        while time.monotonic() < deadline:
+            if not any(answers(p).filter(status__in=UNFINISHED).exists() for p in phases):
+                break
+            time.sleep(0.5)
+        for phase in phases:
+            tag = f"#{tag_of(run_tag, phase)}"
+            stored = answers(phase)
+            phase.stored = {
+                "questions": Message.objects.filter(role=Message.Role.USER, text__contains=tag).count(),
+                "answers": stored.count(),
+                "status": Counter(stored.values_list("status", flat=True)),
+                "error_code": Counter(c or "-" for c in stored.values_list("error_code", flat=True)),
+            }
+    finally:
+        connections.close_all()
+
+
+# --- the report ----------------------------------------------------------------------------------
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def print_report(phases: list[Phase], args) -> None:
+    baseline = phases[0]
+    base_p95 = percentile(baseline.times("total"), 95)
+    base_p95_ok = percentile(baseline.times("total", "complete"), 95)
+    header = (
+        f"{'phase':<10} {'fail':>5} {'chats':>5} {'not complete':>12} {'ttft p50':>9} {'ttft p95':>9} "
+        f"{'total p50':>10} {'total p95':>10} {'p95/base':>8} {'loop lag max':>12} {'lost q/a':>8} "
+        f"{'pending':>7} {'llm calls':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for p in phases:
+        p95 = percentile(p.times("total"), 95)
+        sent = len(p.results)
+        lost = f"{sent - p.stored.get('questions', 0)}/{sent - p.stored.get('answers', 0)}" if p.stored else "?"
+        pending = sum(p.stored["status"][s] for s in UNFINISHED) if p.stored else "?"
+        rate = f"{p.not_complete} {100 * p.not_complete / sent:.0f}%" if sent else "-"
+        lag = f"{p.lag_max:.0f} ms" if p.lag_max is not None else "-"
+        print(
+            f"{p.name:<10} {p.fail_rate:>5.0%} {sent:>5} {rate:>12} {fmt(percentile(p.times('first_token'), 50)):>9} "
+            f"{fmt(percentile(p.times('first_token'), 95)):>9} {fmt(percentile(p.times('total'), 50)):>10} "
+            f"{fmt(p95):>10} {ratio(p95, base_p95):>8} {lag:>12} {lost:>8} {pending!s:>7} {p.llm_requests:>9}"
+        )
+    print()
+    print("by final status (as the clients saw it):")
+    print(
+        f"  {'phase':<10} {'status':<10} {'count':>5} {'ttft p50':>9} {'ttft p95':>9} {'total p50':>10} {'total p95':>10}"
+    )
+    for p in phases:
+        for status, count in sorted(p.statuses().items(), key=lambda kv: -kv[1]):
+            times = [percentile(p.times(attr, status), q) for attr in ("first_token", "total") for q in (50, 95)]
+            print(
+                f"  {p.name:<10} {status:<10} {count:>5} {fmt(times[0]):>9} {fmt(times[1]):>9} "
+                f"{fmt(times[2]):>10} {fmt(times[3]):>10}"
+            )
+    print()
+    faults = phases[-1]
+    print(
+        f"p95 total (all answers) faults/no faults: {ratio(percentile(faults.times('total'), 95), base_p95)}; "
+        f"complete answers only: {ratio(percentile(faults.times('total', 'complete'), 95), base_p95_ok)}"
+    )
+    print()
+    print("stored in the database (this run's tag):")
+    for p in phases:
+        if not p.stored:
+            print(f"  {p.name}: not counted")
+            continue
+        statuses = ", ".join(f"{s} {n}" for s, n in p.stored["status"].most_common())
+        codes = ", ".join(f"{c} {n}" for c, n in p.stored["error_code"].most_common())
+        print(
+            f"  {p.name:<10} sent {len(p.results)} (with the error directive {p.failing}), acked "
+            f"{sum(1 for r in p.results if r.ack is not None)}; stored questions {p.stored['questions']}, "
+            f"answers {p.stored['answers']}: {statuses}; error codes: {codes}"
+        )
+    print()
+    for p in phases:
+        states = ", ".join(f"{s} x{n}" for s, n in p.llm_states.most_common())
+        rose = f"; loop_lag_ms.max rose to {p.lag_max_rose_to} ms" if p.lag_max_rose_to is not None else ""
+        print(
+            f"  {p.name:<10} monitoring polls: {len(p.lags)} ok, {len(p.polls_failed)} failed; llm breaker seen: "
+            f"{states or '-'}{rose}; cpu% daphne/llm/clients/machine "
+            f"{'/'.join(f'{p.cpu.get(k, 0):.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}"
+        )
+        for problem in sorted(set(p.polls_failed))[:3]:
+            print(f"      poll failure: {problem}")
+        other = p.other_errors()
+        if other:
+            print(f"      other client errors: {', '.join(f'{e} x{n}' for e, n in other.most_common())}")
+
+
+def integrity_problems(phases: list[Phase]) -> list[str]:
+    problems = []
+    for p in phases:
+        if not p.stored:
+            problems.append(f"{p.name}: the database was not counted")
+            continue
+        sent = len(p.results)
+        if p.stored["questions"] != sent or p.stored["answers"] != sent:
+            problems.append(
+                f"{p.name}: sent {sent}, stored {p.stored['questions']} questions and {p.stored['answers']} answers"
+            )
+        unfinished = sum(p.stored["status"][s] for s in UNFINISHED)
+        if unfinished:
+            problems.append(f"{p.name}: {unfinished} answers left unfinished")
+    return problems
+
+
+# --- the run ----------------------------------------------------------------------------------
+def main() -> int:
+    args = parse_args()
+    servers = plan_servers(args)
+    run_tag = f"r{uuid.uuid4().hex[:8]}"
+    print_machine(args, servers)
+    print(
+        f"faults:   {args.chats} chats x {args.rounds} round(s); fail rate {args.fail_rate:.0%} "
+        f"({directive(True, args)}), the others {directive(False, args)}; run tag {run_tag}"
+    )
+    print("preparing the bench database, users and documents ...", flush=True)
+    cookies = prepare_database(args.chats)
+    ensure_staff_user()
+    phases = [Phase("no faults", "b", 0.0), Phase("faults", "f", args.fail_rate)]
+    failure = ""
+    problems: list[str] = []
+    try:
+        start_servers(args, servers)
+        print("servers up; warming up and measuring ...", flush=True)
+        asyncio.run(measure(args, servers, cookies, phases, run_tag))
+    except Exception as exc:  # reported below, after the table of what was measured
+        failure = f"{type(exc).__name__}: {exc}"
+    finally:
+        try:
+            if servers.daphne:
+                problems = still_serving(servers)
+                count_stored(phases, run_tag, args.settle_timeout)  # before stopping: a stop saves answers as stopped
+        except Exception as exc:
+            failure = failure or f"counting in the database failed: {type(exc).__name__}: {exc}"
+        finally:
+            stop(servers.daphne)
+            stop(servers.groq)
+    print()
+    print_report(phases, args)
+    report_logs(servers)
+    lost = integrity_problems(phases)
+    if lost:
+        print("MESSAGES LOST OR UNFINISHED: " + "; ".join(lost))
+    if failure:
+        print(f"BENCHMARK FAILED: {failure}")
+    if problems:
+        print("SERVER CRASHED: " + "; ".join(problems))
+    return 1 if failure or problems or lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
