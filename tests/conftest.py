@@ -64,6 +64,19 @@ def make_user(username: str):
     return get_user_model().objects.create_user(username, password=f"{username}-pass-123")
 
 
+def make_staff(username: str = "operator"):
+    """A staff (admin) user; the password follows make_user's pattern."""
+    user = make_user(username)
+    user.is_staff = user.is_superuser = True
+    user.save()
+    return user
+
+
+@pytest.fixture
+def operator(transactional_db):
+    return make_staff()
+
+
 def make_collection(name: str, owner, files: dict[str, str], tmp_path: Path, *, public=False, members=()):
     from documents.ingest import do_ingest_file
     from documents.models import Collection

@@ -132,15 +132,7 @@ def test_it_sends_a_logged_out_visitor_to_the_login_page(dave, daphne_server, br
     page.close()
 
 
-@pytest.fixture
-def operator(transactional_db, people):
-    user = make_user("operator")
-    user.is_staff = user.is_superuser = True
-    user.save()
-    return user
-
-
-def test_the_dashboard_draws_charts_and_updates_live_during_a_chat(operator, daphne_server, browser):
+def test_the_dashboard_draws_charts_and_updates_live_during_a_chat(people, operator, daphne_server, browser):
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     dashboard = context.new_page()
     dashboard.set_default_timeout(30_000)

@@ -16,7 +16,7 @@ from documents.embedding import count_tokens
 from documents.extract import markdown_sections
 from documents.ingest import do_add_document
 from documents.models import Chunk, Collection, Document
-from tests.conftest import make_user, subprocess_env
+from tests.conftest import make_staff, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def library(db):
-    admin = make_user("admin")
-    admin.is_staff = admin.is_superuser = True
-    admin.save()
-    return Collection.objects.create(name="library", owner=admin)
+    return Collection.objects.create(name="library", owner=make_staff("admin"))
 
 
 def test_it_ingests_a_multi_file_admin_upload_in_the_worker(library, client, tmp_path):

@@ -8,17 +8,13 @@ from django.db import connections
 from django.test import AsyncClient
 
 from chat.breakers import breakers
-from tests.conftest import make_user
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def staff(db):
-    user = make_user("operator")
-    user.is_staff = True
-    user.save()
-    return user
+def staff(operator):
+    return operator
 
 
 async def staff_client(user, **kwargs) -> AsyncClient:

@@ -5,17 +5,7 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.conftest import make_user
-
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def operator(transactional_db):
-    user = make_user("operator")
-    user.is_staff = True
-    user.save()
-    return user
 
 
 def test_monitor_once_prints_the_servers_summary_as_json(operator, daphne_server, capsys):

@@ -11,7 +11,7 @@ from django.test import AsyncClient
 
 from chat.breakers import Breakers
 from chat.ratelimit import QuestionLimiter, RateLimited
-from tests.conftest import free_port, make_user
+from tests.conftest import free_port, make_staff
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -111,10 +111,4 @@ async def test_it_keeps_chatting_when_redis_dies(redis_mode, settings, people, c
 async def _staff():
     from asgiref.sync import sync_to_async
 
-    def create():
-        user = make_user("ops")
-        user.is_staff = True
-        user.save()
-        return user
-
-    return await sync_to_async(create)()
+    return await sync_to_async(make_staff)("ops")
