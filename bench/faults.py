@@ -4,8 +4,11 @@ In one run, side by side: N authenticated WebSocket chats (default 100) against 
 server all ask at the same moment, first with a healthy fake LLM (the baseline, fail rate 0),
 then with ``--fail-rate`` of the questions (default 20 %) making the fake Groq server answer
 HTTP 500 (``[[fake mode=error status=500]]`` in the question; the others carry
-``[[fake tokens=50 delay=0.02]]``). ``--rounds`` repeats the pair; the LLM circuit breaker is
-reset (through the staff monitoring API) before each phase so every phase starts closed.
+``[[fake tokens=50 delay=0.02]]``). Before measuring, one chat loads the embedding model and a
+healthy burst of N fills the DB and HTTP pools; then ``--rounds`` pairs (default 3) run with the
+order alternating (baseline first, then faults first, ...) so neither phase always follows the
+other. The LLM circuit breaker is reset (through the staff monitoring API) before each phase so
+every phase starts with it closed.
 
 Reported per phase:
 
@@ -24,10 +27,10 @@ Reported per phase:
 
 Servers, database, users and clients are those of ``bench/concurrency.py`` (imported from it):
 daphne + the fake Groq server as subprocesses, the embedded PostgreSQL with its own database
-``docchat_bench``. Run from the project folder (about a minute; exits non-zero if a message was
+``docchat_bench``. Run from the project folder (a few minutes; exits non-zero if a message was
 lost, an answer left unfinished, or a server crashed)::
 
-    .venv/bin/python bench/faults.py [--chats 100] [--fail-rate 0.2] [--rounds 1]
+    .venv/bin/python bench/faults.py [--chats 100] [--fail-rate 0.2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from concurrency import (  # noqa: E402  (the shared benchmark machinery)
 STAFF_USER = "bench-staff"
 POLL_EVERY = 0.5
 UNFINISHED = ("pending", "streaming")
-STATUSES = ("complete", "degraded", "failed", "stopped")
+STAGES = ("ack", "slot", "embedding", "retrieval", "first_token", "total")
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -73,8 +76,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chats", type=int, default=100, help="concurrent chats per phase")
     parser.add_argument("--fail-rate", type=float, default=0.2, help="share of questions whose LLM call fails")
-    parser.add_argument("--rounds", type=int, default=1, help="baseline + faults pairs, run alternately")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="baseline + faults pairs (order alternates: b f, f b, b f ...)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="picks which questions fail")
+    parser.add_argument(
+        "--warmup-chats", type=int, default=None, help="healthy chats at once before measuring (default: --chats)"
+    )
     parser.add_argument("--tokens", type=int, default=50, help="tokens per healthy fake answer")
     parser.add_argument("--delay", type=float, default=0.02, help="seconds between fake tokens")
     parser.add_argument("--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne")
@@ -91,6 +99,10 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.chats < 1 or args.rounds < 1 or not 0 <= args.fail_rate <= 1:
         parser.error("--chats and --rounds must be positive, --fail-rate in 0..1")
+    if args.warmup_chats is None:
+        args.warmup_chats = args.chats
+    if not 0 <= args.warmup_chats <= args.chats:
+        parser.error("--warmup-chats must be in 0..--chats")
     return args
 
 
@@ -102,9 +114,11 @@ class Phase:
     fail_rate: float
     results: list[Result] = field(default_factory=list)
     failing: int = 0  # questions sent with the error directive
-    lags: list[float] = field(default_factory=list)  # polled loop_lag_ms.last
+    lags: list[tuple[float, float]] = field(default_factory=list)  # (s after the phase started, loop_lag_ms.last)
     lag_max_rose_to: float | None = None  # loop_lag_ms.max, when it rose during the phase
     polls_failed: list[str] = field(default_factory=list)
+    polls_skipped: int = 0  # not sent: 4 polls were still waiting for the server
+    per_round: list[int] = field(default_factory=list)  # answers not complete, per round
     llm_states: Counter = field(default_factory=Counter)  # the LLM breaker's state per poll
     llm_requests: int = 0  # calls that reached the fake LLM
     cpu: dict[str, float] = field(default_factory=dict)
@@ -130,8 +144,16 @@ class Phase:
 
     @property
     def lag_max(self) -> float | None:
-        seen = [*self.lags, *([self.lag_max_rose_to] if self.lag_max_rose_to is not None else [])]
+        seen = [lag for _, lag in self.lags]
+        if self.lag_max_rose_to is not None:
+            seen.append(self.lag_max_rose_to)
         return max(seen) if seen else None
+
+    def stage(self, name: str, status: str) -> list[float]:
+        """Seconds to ``name``: the ack as the client saw it, else the server's own timings."""
+        if name == "ack":
+            return [r.ack for r in self.finished(status) if r.ack is not None]
+        return [r.server[name] for r in self.finished(status) if name in r.server]
 
 
 def directive(failing: bool, args: argparse.Namespace) -> str:
@@ -179,23 +201,36 @@ async def call(function, *args, timeout: float = 12.0):
 
 
 async def poll_summary(client, phase: Phase, stop_polling: asyncio.Event, lag_max_before: float) -> None:
-    """Every 0.5 s until told to stop: the server's loop lag and LLM breaker state."""
-    while True:
-        try:
-            summary = await call(client.get, "summary")
-            lag = summary["loop_lag_ms"]
-            phase.lags.append(lag["last"])
-            if lag["max"] > lag_max_before:
-                phase.lag_max_rose_to = lag["max"]
-            llm = next((b for b in summary["breakers"] if b["name"] == "llm"), {})
-            phase.llm_states[llm.get("state", "?")] += 1
-        except Exception as exc:  # noted in the report: a gap in the lag samples
-            phase.polls_failed.append(f"{type(exc).__name__}: {exc}"[:120])
+    """A poll every 0.5 s on a fixed schedule until told to stop (a slow reply does not delay the
+    next poll; at most 4 wait at once): the server's loop lag and LLM breaker state."""
+    started = time.monotonic()
+    in_flight: set[asyncio.Task] = set()
+    while not stop_polling.is_set():
+        if len(in_flight) < 4:
+            task = asyncio.create_task(poll_once(client, phase, lag_max_before, started))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        else:
+            phase.polls_skipped += 1
         try:
             await asyncio.wait_for(stop_polling.wait(), POLL_EVERY)
-            return
         except TimeoutError:
             pass
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=15)
+
+
+async def poll_once(client, phase: Phase, lag_max_before: float, started: float) -> None:
+    try:
+        summary = await call(client.get, "summary")
+        lag = summary["loop_lag_ms"]
+        phase.lags.append((time.monotonic() - started, lag["last"]))
+        if lag["max"] > lag_max_before:  # a probe missed by the polls can only show here
+            phase.lag_max_rose_to = max(lag["max"], phase.lag_max_rose_to or 0.0)
+        llm = next((b for b in summary["breakers"] if b["name"] == "llm"), {})
+        phase.llm_states[llm.get("state", "?")] += 1
+    except Exception as exc:  # noted in the report: a gap in the lag samples
+        phase.polls_failed.append(f"{type(exc).__name__}: {exc}"[:120])
 
 
 async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: Servers, args, rng) -> None:
@@ -208,7 +243,9 @@ async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: S
     poller = asyncio.create_task(poll_summary(client, phase, stop_polling, lag_max_before))
     cpu = CpuMeter({"daphne": servers.daphne.pid, "llm": servers.groq.pid, "clients": os.getpid()})
     try:
-        phase.results += await run_level(args.chats, cookies, servers, args, results=results)
+        results = await run_level(args.chats, cookies, servers, args, results=results)
+        phase.results += results
+        phase.per_round.append(sum(1 for r in results if r.status != "complete"))
     finally:
         stop_polling.set()
         await asyncio.wait_for(poller, 30)
@@ -218,12 +255,18 @@ async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: S
 
 
 async def measure(args, servers: Servers, cookies: list[str], phases: list[Phase], run_tag: str) -> None:
+    """A warm-up (one chat: loads the embedding model; then ``--warmup-chats`` at once, healthy:
+    fills the DB and HTTP pools), then the phases, alternating their order round by round."""
     warm = await run_level(1, cookies, servers, args, tag=f"{run_tag}w-")
     if warm[0].errors:
         raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})")
+    if args.warmup_chats > 1:
+        warm = await run_level(args.warmup_chats, cookies, servers, args, tag=f"{run_tag}W-")
+        print(f"  warm-up burst of {len(warm)}: {sum(1 for r in warm if r.errors)} errors", flush=True)
+        await asyncio.sleep(1.0)
     rng = random.Random(args.seed)
     for round_ in range(args.rounds):
-        for phase in phases:
+        for phase in phases if round_ % 2 == 0 else phases[::-1]:
             await run_phase(phase, round_, run_tag, cookies, servers, args, rng)
             print(
                 f"  round {round_ + 1} {phase.name}: done ({dict(phase.statuses())} so far)",
@@ -306,6 +349,17 @@ def print_report(phases: list[Phase], args) -> None:
                 f"{fmt(times[2]):>10} {fmt(times[3]):>10}"
             )
     print()
+    print("where the time goes, p50 / p95 (ack as the client saw it; the rest: the server's timings, from the")
+    print("answer task's start just after the ack):")
+    print(f"  {'phase':<10} {'status':<10} " + " ".join(f"{name:>17}" for name in STAGES))
+    for p in phases:
+        for status in sorted({r.status for r in p.finished()}, key=lambda s: -len(p.finished(s))):
+            cells = [
+                f"{fmt(percentile(p.stage(name, status), 50))} / {fmt(percentile(p.stage(name, status), 95))}"
+                for name in STAGES
+            ]
+            print(f"  {p.name:<10} {status:<10} " + " ".join(f"{c:>17}" for c in cells))
+    print()
     faults = phases[-1]
     print(
         f"p95 total (all answers) faults/no faults: {ratio(percentile(faults.times('total'), 95), base_p95)}; "
@@ -325,12 +379,17 @@ def print_report(phases: list[Phase], args) -> None:
             f"answers {p.stored['answers']}: {statuses}; error codes: {codes}"
         )
     print()
+    print("server's event-loop lag (loop_lag_ms.last, polled every 0.5 s) and the LLM breaker, per phase:")
     for p in phases:
         states = ", ".join(f"{s} x{n}" for s, n in p.llm_states.most_common())
         rose = f"; loop_lag_ms.max rose to {p.lag_max_rose_to} ms" if p.lag_max_rose_to is not None else ""
+        worst = max(p.lags, key=lambda sample: sample[1], default=None)
+        at = f" (max {worst[1]:.0f} ms, {worst[0]:.1f} s into its round)" if worst else ""
         print(
-            f"  {p.name:<10} monitoring polls: {len(p.lags)} ok, {len(p.polls_failed)} failed; llm breaker seen: "
-            f"{states or '-'}{rose}; cpu% daphne/llm/clients/machine "
+            f"  {p.name:<10} polls {len(p.lags)} ok, {len(p.polls_failed)} failed, {p.polls_skipped} skipped; "
+            f"samples >= 100 ms: {sum(1 for _, lag in p.lags if lag >= 100)}{at}{rose}; "
+            f"llm breaker seen: {states or '-'}; not complete per round: {p.per_round}; "
+            f"cpu% daphne/llm/clients/machine (last round) "
             f"{'/'.join(f'{p.cpu.get(k, 0):.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}"
         )
         for problem in sorted(set(p.polls_failed))[:3]:

@@ -85,6 +85,12 @@ def parse_args() -> argparse.Namespace:
         help="extra folder appended to sys.path for onnxruntime/onnx (if it exists)",
     )
     parser.add_argument(
+        "--small-batch",
+        type=int,
+        default=4,
+        help="also time per-document calls with this encode batch_size (a candidate fix; 0: skip)",
+    )
+    parser.add_argument(
         "--max-seconds",
         type=float,
         default=1200,
@@ -360,14 +366,14 @@ def timed(name: str, chunks: int, work) -> Phase:
 
 
 # --- raw encoding -----------------------------------------------------------------------------
-def encode_all(texts: list[str]) -> None:
+def encode_all(texts: list[str], batch_size: int | None = None) -> None:
     from django.conf import settings
 
     from documents.embedding import get_model
 
     get_model().encode(
         texts,
-        batch_size=settings.EMBEDDING_BATCH_SIZE,
+        batch_size=batch_size or settings.EMBEDDING_BATCH_SIZE,
         normalize_embeddings=True,
         convert_to_numpy=True,
         show_progress_bar=False,
@@ -383,6 +389,40 @@ def encode_per_document(per_doc: list[list[str]]) -> None:
     for texts in per_doc:
         for start in range(0, len(texts), batch):
             encode_all(texts[start : start + batch])
+
+
+def encode_per_document_small(per_doc: list[list[str]], small: int) -> None:
+    """A candidate change: the same calls, but ``encode(batch_size=small)`` inside each, so the
+    model's own sort by length makes batches of similar lengths (less padding)."""
+    from django.conf import settings
+
+    batch = settings.EMBEDDING_BATCH_SIZE
+    for texts in per_doc:
+        for start in range(0, len(texts), batch):
+            encode_all(texts[start : start + batch], batch_size=small)
+
+
+def padding_factor(per_doc: list[list[str]], inner: int, calls_of: int | None = None) -> float:
+    """Tokens the model processes (padding included) / real tokens, for per-document calls whose
+    texts the model sorts by length and cuts into batches of ``inner`` (calls of ``calls_of`` texts,
+    default EMBEDDING_BATCH_SIZE)."""
+    from django.conf import settings
+
+    from documents.embedding import count_tokens
+
+    step = calls_of or settings.EMBEDDING_BATCH_SIZE
+    real = padded = 0
+    for texts in per_doc:
+        for start in range(0, len(texts), step):
+            lengths = sorted(
+                (min(count_tokens(t) + 2, 256) for t in texts[start : start + step]),
+                reverse=True,
+            )
+            real += sum(lengths)
+            padded += sum(
+                max(lengths[i : i + inner]) * len(lengths[i : i + inner]) for i in range(0, len(lengths), inner)
+            )
+    return padded / real
 
 
 # --- the pipeline -----------------------------------------------------------------------------
@@ -665,15 +705,23 @@ def run(args, command: str, workdir: Path, corpus: Path, media: Path) -> int:
 
     load_line = wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else "load not checked"
     print(load_line, flush=True)
-    print("timing (raw, raw per document, pipeline, raw per document, raw) ...", flush=True)
+    print(
+        "timing (raw, raw per document, [small batches], pipeline, [small batches], raw per document, raw) ...",
+        flush=True,
+    )
     raw_a = timed("raw, one call", n, lambda: encode_all(texts))
     doc_a = timed("raw, per document", n, lambda: encode_per_document(per_doc))
+    small = args.small_batch
+    if small:
+        small_a = timed(f"raw, per document, batch_size={small}", n, lambda: encode_per_document_small(per_doc, small))
     pipeline_extra = {}
 
     def pipeline():
         pipeline_extra.update(run_pipeline(paths, collection, args.max_seconds))
 
     pipe = timed("pipeline", n, pipeline)
+    if small:
+        small_b = timed(f"raw, per document, batch_size={small}", n, lambda: encode_per_document_small(per_doc, small))
     doc_b = timed("raw, per document", n, lambda: encode_per_document(per_doc))
     raw_b = timed("raw, one call", n, lambda: encode_all(texts))
     load_after = f"load after timing: loadavg(1 min) {os.getloadavg()[0]:.2f}"
@@ -716,6 +764,7 @@ def run(args, command: str, workdir: Path, corpus: Path, media: Path) -> int:
     print_table(
         [("raw SentenceTransformer, one call", [raw_a, raw_b]),
          ("raw, per document (pipeline batching)", [doc_a, doc_b]),
+         *([(f"raw, per document, encode batch_size={small}", [small_a, small_b])] if small else []),
          ("pipeline do_ingest_file", [pipe]),
          *onnx_rows],
         reference,
@@ -725,6 +774,12 @@ def run(args, command: str, workdir: Path, corpus: Path, media: Path) -> int:
     print(
         f"pipeline / raw (one call) = {pipe.rate / reference:.2f}   (goal >= 0.80); "
         f"pipeline / raw per document = {pipe.rate / statistics.mean([doc_a.rate, doc_b.rate]):.2f}"
+    )
+    batch = settings.EMBEDDING_BATCH_SIZE
+    print(
+        f"padding: tokens run through the model / real tokens = {padding_factor([texts], batch, calls_of=len(texts)):.2f} one call, "
+        f"{padding_factor(per_doc, batch):.2f} per document"
+        + (f", {padding_factor(per_doc, small):.2f} per document with batch_size={small}" if small else "")
     )
     print(
         f"pipeline time: {pipe.seconds:.1f} s = {encode_s:.1f} s in embedding.encode "

@@ -89,6 +89,11 @@ def parse_args() -> argparse.Namespace:
         help="wait up to this many seconds for load < 1 before timing (0: do not wait)",
     )
     parser.add_argument("--reload", action="store_true", help="regenerate the data even if reusable")
+    parser.add_argument(
+        "--reuse-index",
+        action="store_true",
+        help="keep the index already there if it has the build's m and ef_construction (no build time then)",
+    )
     args = parser.parse_args()
     args.ef = [int(v) for v in args.ef.split(",") if v.strip()]
     try:
@@ -311,6 +316,12 @@ def build_index(conn, m: int, ef_construction: int, maintenance_work_mem: str) -
     return {"m": m, "ef_construction": ef_construction, "seconds": seconds, "bytes": size}
 
 
+def index_params(conn) -> tuple[int, int] | None:
+    definition = current_index(conn) or ""
+    match = re.search(r"m='?(\d+)'?, ef_construction='?(\d+)'?", definition)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def current_index(conn) -> str | None:
     row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [INDEX]).fetchone()
     return row[0] if row else None
@@ -437,9 +448,9 @@ def recall(config: Config, exact: list[list[int]]) -> tuple[float, int]:
 
 
 def print_table(build: dict, configs: list[Config], exact) -> list[str]:
+    built = "reused (built by an earlier run)" if build["seconds"] is None else f"built in {build['seconds']:.0f} s"
     lines = [
-        f"HNSW m={build['m']}, ef_construction={build['ef_construction']}: "
-        f"built in {build['seconds']:.0f} s, {build['bytes'] / 2**20:.0f} MiB",
+        f"HNSW m={build['m']}, ef_construction={build['ef_construction']}: {built}, {build['bytes'] / 2**20:.0f} MiB",
         "",
         f"| {'configuration':<48} | {'p50 ms':>6} | {'p99 ms':>6} | {'recall@10':>9} | {'<10 rows':>8} | goals |",
         f"|{'-' * 50}|{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 10}|-------|",
@@ -449,6 +460,79 @@ def print_table(build: dict, configs: list[Config], exact) -> list[str]:
         r, short = recall(config, exact)
         ok = "ok" if p50 <= 5 and p99 <= 20 and r >= 0.95 else "miss"
         lines.append(f"| {config.label:<48} | {p50:>6.1f} | {p99:>6.1f} | {r:>9.3f} | {short:>8} | {ok:>5} |")
+    return lines
+
+
+def product_breakdown(user, data: Data, exact, default_ef: int) -> list[str]:
+    """Where a ``vector_search`` call spends its time (p50 per step over the queries), and the same
+    call with the two unused columns deferred (a product change, made here in the benchmark only)."""
+    from django.conf import settings
+    from django.db import transaction
+    from pgvector.django import CosineDistance
+
+    from documents import search
+
+    settings.HNSW_EF_SEARCH = default_ef
+    steps: dict[str, list[float]] = {}
+    originals = {
+        name: getattr(search, name) for name in ("readable_chunks", "_tune_vector_scan", "_exact_order", "fuse")
+    }
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                steps.setdefault(name, []).append(time.perf_counter() - started)
+
+        return wrapper
+
+    def deferred_search(vector):  # vector_search with .defer("embedding", "search_vector")
+        with transaction.atomic():
+            search._tune_vector_scan()
+            chunks = (
+                search.readable_chunks(user)
+                .defer("embedding", "search_vector")
+                .annotate(distance=CosineDistance("embedding", vector))
+            )
+            return search.fuse([search._exact_order(chunks.order_by("distance")[:10])], 10)
+
+    totals: dict[str, list[float]] = {"vector_search": [], "deferred": []}
+    found: dict[str, list[list[int]]] = {"vector_search": [], "deferred": []}
+    for vector in (v.tolist() for v in data.queries):
+        for name, call in (
+            ("vector_search", lambda v: search.vector_search(user, v, 10)),
+            ("deferred", deferred_search),
+        ):
+            for attr, function in originals.items():
+                setattr(search, attr, timed(f"{name}:{attr}", function))
+            try:
+                started = time.perf_counter()
+                hits = call(vector)
+                totals[name].append(time.perf_counter() - started)
+            finally:
+                for attr, function in originals.items():
+                    setattr(search, attr, function)
+            found[name].append([hit.chunk_id for hit in hits])
+
+    def p50(name: str) -> float:
+        return 1000 * percentile(steps[name], 50)
+
+    lines = []
+    for name, label in (
+        ("vector_search", "vector_search as is"),
+        ("deferred", "with .defer(embedding, search_vector)"),
+    ):
+        r = sum(len(set(a) & set(b)) for a, b in zip(found[name], exact, strict=True)) / (10 * len(exact))
+        rest = [t - sum(steps[f"{name}:{attr}"][i] for attr in originals) for i, t in enumerate(totals[name])]
+        lines.append(
+            f"  breakdown, {label}, ef_search={default_ef}, p50 per step: ACL query + queryset "
+            f"{p50(name + ':readable_chunks'):.1f} ms, SET LOCALs {p50(name + ':_tune_vector_scan'):.1f} ms, "
+            f"SELECT + rows to models {p50(name + ':_exact_order'):.1f} ms, hits {p50(name + ':fuse'):.2f} ms, "
+            f"rest (transaction, ...) {1000 * percentile(rest, 50):.1f} ms; total p50 "
+            f"{1000 * percentile(totals[name], 50):.1f} / p99 {1000 * percentile(totals[name], 99):.1f} ms; recall {r:.3f}"
+        )
     return lines
 
 
@@ -568,14 +652,24 @@ def main() -> int:
         if report and elapsed > args.max_minutes:
             report.append(f"build m={m}, ef_construction={ef_construction} skipped: {elapsed:.0f} min > --max-minutes")
             continue
-        print(f"building HNSW m={m}, ef_construction={ef_construction} ...", flush=True)
-        build = build_index(conn, m, ef_construction, args.maintenance_work_mem)
-        print(f"  built in {build['seconds']:.0f} s; {prewarm(conn)}; timing ...", flush=True)
+        if args.reuse_index and index_params(conn) == (m, ef_construction):
+            size = conn.execute(f"SELECT pg_relation_size('{INDEX}')").fetchone()[0]
+            build = {"m": m, "ef_construction": ef_construction, "seconds": None, "bytes": size}
+            print(f"reusing the HNSW index m={m}, ef_construction={ef_construction}", flush=True)
+        else:
+            print(f"building HNSW m={m}, ef_construction={ef_construction} ...", flush=True)
+            build = build_index(conn, m, ef_construction, args.maintenance_work_mem)
+            print(f"  built in {build['seconds']:.0f} s", flush=True)
+        print(f"  {prewarm(conn)}", flush=True)
+        if report and args.wait_quiet > 0:  # the build took minutes: check the load again
+            print(wait_until_quiet(args.wait_quiet), flush=True)
+        print("  timing ...", flush=True)
         load_before = os.getloadavg()[0]
         cpu_before, wall_before = machine_cpu_seconds(), time.monotonic()
         configs = measure(conn, args, sql, params, data, texts, user, default_ef)
         busy = 100 * (machine_cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
         lines = print_table(build, configs, exact)
+        lines += product_breakdown(user, data, exact, default_ef)
         lines.append(
             f"(timing: loadavg {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; machine busy "
             f"{busy:.0f}% of one core meanwhile, this client and Postgres included)"

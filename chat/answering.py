@@ -125,10 +125,12 @@ async def _produce(user, answer: Answer, provider, send: Send) -> None:
             await send(protocol.delta_frame(asked.answer_id, NOT_FOUND_ANSWER))
             return
         await send(protocol.status_frame(asked.answer_id, "generating"))
-        messages = build_messages(asked.question, asked.history, hits)
+        # A small local model reads a long prompt slowly: it gets fewer passages.
+        prompt_hits = hits[: getattr(provider, "max_prompt_sources", len(hits))]
+        messages = build_messages(asked.question, asked.history, prompt_hits)
         try:
             async with breakers().guard("llm"):
-                await _stream(answer, provider.stream(messages, answer.generation), send)
+                await _stream(answer, provider, messages, send)
         except (LLMError, CircuitOpen) as exc:
             if answer.parts:
                 raise  # part of an answer was shown: keep it, marked failed
@@ -176,9 +178,10 @@ def _has_relevant(hits: list[Hit]) -> bool:
     return any(hit.similarity >= settings.RETRIEVAL_MIN_SCORE or hit.keyword_match for hit in hits)
 
 
-async def _stream(answer: Answer, deltas, send: Send) -> None:
+async def _stream(answer: Answer, provider, messages, send: Send) -> None:
+    deltas = provider.stream(messages, answer.generation)
     limits = StreamLimits(
-        settings.LLM_FIRST_TOKEN_TIMEOUT,
+        getattr(provider, "first_token_timeout", settings.LLM_FIRST_TOKEN_TIMEOUT),
         settings.LLM_IDLE_TIMEOUT,
         settings.LLM_TOTAL_TIMEOUT,
     )

@@ -240,7 +240,7 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = VAR_DIR / "static" if PRODUCTION else None  # collectstatic is a production step
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Production serves hashed, compressed files from collectstatic; development straight from
@@ -296,6 +296,7 @@ LLM_IDLE_TIMEOUT = env_float("LLM_IDLE_TIMEOUT", 15.0, minimum=0.1)
 LLM_TOTAL_TIMEOUT = env_float("LLM_TOTAL_TIMEOUT", 120.0, minimum=0.1)
 LLM_LOCAL_THREADS = env_int("LLM_LOCAL_THREADS", 2, minimum=1)
 LLM_LOCAL_CONTEXT = env_int("LLM_LOCAL_CONTEXT", 2048, minimum=256)
+LLM_LOCAL_FIRST_TOKEN_TIMEOUT = env_float("LLM_LOCAL_FIRST_TOKEN_TIMEOUT", 90.0, minimum=1.0)
 
 # --- Timeouts and circuit breakers (resilience) -------------------------------------------------
 EMBEDDING_TIMEOUT = env_float("EMBEDDING_TIMEOUT", 10.0, minimum=0.01)

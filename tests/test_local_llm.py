@@ -38,3 +38,22 @@ async def test_it_stops_the_worker_thread_when_the_stream_is_closed():
         pass
     assert generation.usage.completion_tokens and generation.usage.completion_tokens > 0
     assert local.model_loads == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_it_answers_a_chat_with_the_local_model_end_to_end(people, chat_client, settings):
+    """No Groq key: the offline default answers through the same consumer, citing sources."""
+    from chat import llm
+
+    settings.LLM_PROVIDER = "local"
+    llm.get_provider.cache_clear()
+    try:
+        async with chat_client(people["alice"]) as client:
+            finish, frames = await client.answer("Where do zebras migrate?")
+    finally:
+        llm.get_provider.cache_clear()
+    start = next(f for f in frames if f["type"] == "start")
+    assert start["provider"] == "local" and start["model"] == "SmolLM2-135M-Instruct"
+    assert finish["status"] == "complete", finish
+    assert finish["text"].strip() and finish["usage"]["completion_tokens"] > 0
+    assert finish["sources"][0]["title"] == "Zebra migration"

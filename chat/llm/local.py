@@ -64,6 +64,11 @@ class LocalProvider:
     name = "local"
     model = "SmolLM2-135M-Instruct"
     max_concurrency = 1  # one generation at a time per model instance
+    max_prompt_sources = 3  # prompt evaluation on CPU: ~1,400 tokens take 4-10 s on 2 cores
+
+    @property
+    def first_token_timeout(self) -> float:
+        return max(settings.LLM_FIRST_TOKEN_TIMEOUT, settings.LLM_LOCAL_FIRST_TOKEN_TIMEOUT)
 
     async def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
