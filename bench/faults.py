@@ -96,6 +96,11 @@ def parse_args() -> argparse.Namespace:
         help="seconds to wait after the run for unfinished answers before counting them",
     )
     parser.add_argument("--log-dir", default="/tmp", help="where daphne's and the fake server's logs go")
+    parser.add_argument(
+        "--asyncio-debug",
+        action="store_true",
+        help="diagnosis: daphne in asyncio debug mode (logs callbacks that block its loop >100 ms; slower)",
+    )
     args = parser.parse_args()
     if args.chats < 1 or args.rounds < 1 or not 0 <= args.fail_rate <= 1:
         parser.error("--chats and --rounds must be positive, --fail-rate in 0..1")
@@ -116,6 +121,8 @@ class Phase:
     failing: int = 0  # questions sent with the error directive
     lags: list[tuple[float, float]] = field(default_factory=list)  # (s after the phase started, loop_lag_ms.last)
     lag_max_rose_to: float | None = None  # loop_lag_ms.max, when it rose during the phase
+    round_rose_to: float | None = None  # the same, in the current round
+    per_round_lag: list[float] = field(default_factory=list)  # max loop lag, per round
     polls_failed: list[str] = field(default_factory=list)
     polls_skipped: int = 0  # not sent: 4 polls were still waiting for the server
     per_round: list[int] = field(default_factory=list)  # answers not complete, per round
@@ -227,6 +234,7 @@ async def poll_once(client, phase: Phase, lag_max_before: float, started: float)
         phase.lags.append((time.monotonic() - started, lag["last"]))
         if lag["max"] > lag_max_before:  # a probe missed by the polls can only show here
             phase.lag_max_rose_to = max(lag["max"], phase.lag_max_rose_to or 0.0)
+            phase.round_rose_to = max(lag["max"], phase.round_rose_to or 0.0)
         llm = next((b for b in summary["breakers"] if b["name"] == "llm"), {})
         phase.llm_states[llm.get("state", "?")] += 1
     except Exception as exc:  # noted in the report: a gap in the lag samples
@@ -240,6 +248,7 @@ async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: S
     lag_max_before = (await call(client.get, "summary"))["loop_lag_ms"]["max"]
     results = questions_for(phase, round_, run_tag, args, rng)
     stop_polling = asyncio.Event()
+    first_sample, phase.round_rose_to = len(phase.lags), None
     poller = asyncio.create_task(poll_summary(client, phase, stop_polling, lag_max_before))
     cpu = CpuMeter({"daphne": servers.daphne.pid, "llm": servers.groq.pid, "clients": os.getpid()})
     try:
@@ -249,6 +258,8 @@ async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: S
     finally:
         stop_polling.set()
         await asyncio.wait_for(poller, 30)
+        lags = [lag for _, lag in phase.lags[first_sample:]] + [phase.round_rose_to or 0.0]
+        phase.per_round_lag.append(max(lags))
     phase.cpu = cpu.percent()  # the last round's
     phase.llm_requests += (await call(servers.llm_stats))["requests"]
     await asyncio.sleep(1.0)  # let the last writes settle before the next phase
@@ -389,6 +400,7 @@ def print_report(phases: list[Phase], args) -> None:
             f"  {p.name:<10} polls {len(p.lags)} ok, {len(p.polls_failed)} failed, {p.polls_skipped} skipped; "
             f"samples >= 100 ms: {sum(1 for _, lag in p.lags if lag >= 100)}{at}{rose}; "
             f"llm breaker seen: {states or '-'}; not complete per round: {p.per_round}; "
+            f"max lag per round: {[round(lag) for lag in p.per_round_lag]} ms; "
             f"cpu% daphne/llm/clients/machine (last round) "
             f"{'/'.join(f'{p.cpu.get(k, 0):.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}"
         )
@@ -433,7 +445,12 @@ def main() -> int:
     failure = ""
     problems: list[str] = []
     try:
-        start_servers(args, servers)
+        if args.asyncio_debug:  # daphne's environment is this process's, at its start
+            os.environ["PYTHONASYNCIODEBUG"] = "1"
+        try:
+            start_servers(args, servers)
+        finally:
+            os.environ.pop("PYTHONASYNCIODEBUG", None)
         print("servers up; warming up and measuring ...", flush=True)
         asyncio.run(measure(args, servers, cookies, phases, run_tag))
     except Exception as exc:  # reported below, after the table of what was measured

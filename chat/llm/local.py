@@ -100,6 +100,7 @@ def _generate(messages: list[ChatMessage], generation: Generation, stop: threadi
             stream=True,
             max_tokens=settings.LLM_MAX_TOKENS,
             temperature=settings.LLM_TEMPERATURE,
+            repeat_penalty=1.3,  # a 135M model otherwise loops on one phrase
         )
         produced = 0
         for chunk in chunks:
