@@ -42,6 +42,8 @@ test: $(TEST_INSTALLED)
 lint: $(TEST_INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(TEST_INSTALLED)
 	$(PY) bench/concurrency.py

@@ -42,7 +42,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+if not __package__:  # run as a file: the project root, not bench/, first on sys.path (see bench/common.py)
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench.common import (
+    ROOT,
+    busy_percent,
+    code_version,
+    command_line,
+    machine_cpu_seconds,
+    percentile,
+    setup_django,
+    use_bench_database,
+)
+
 BIN = ROOT / ".venv" / "bin"
 BENCH_DB = "docchat_bench"
 USER_PREFIX = "bench-user-"
@@ -73,29 +86,8 @@ QUESTIONS = [
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,10,50,100,200", help="comma-separated concurrency levels")
-    parser.add_argument("--tokens", type=int, default=50, help="tokens per fake answer")
-    parser.add_argument("--delay", type=float, default=0.02, help="seconds between fake tokens")
-    parser.add_argument("--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne")
-    parser.add_argument("--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS")
-    parser.add_argument(
-        "--solo-runs",
-        type=int,
-        default=5,
-        help="sequential runs of level 1 (the baseline)",
-    )
-    parser.add_argument(
-        "--answer-timeout",
-        type=float,
-        default=60.0,
-        help="seconds one client waits for finish",
-    )
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=20.0,
-        help="seconds to open one WebSocket",
-    )
-    parser.add_argument("--log-dir", default="/tmp", help="where daphne's and the fake server's logs go")
+    parser.add_argument("--solo-runs", type=int, default=5, help="sequential runs of level 1 (the baseline)")
+    add_server_arguments(parser)
     args = parser.parse_args()
     args.levels = [int(level) for level in args.levels.split(",") if level.strip()]
     if not args.levels or min(args.levels) < 1:
@@ -103,28 +95,31 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the servers and clients (this script's and ``bench/faults.py``'s)."""
+    parser.add_argument("--tokens", type=int, default=50, help="tokens per healthy fake answer")
+    parser.add_argument("--delay", type=float, default=0.02, help="seconds between fake tokens")
+    parser.add_argument("--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne")
+    parser.add_argument("--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS")
+    parser.add_argument("--answer-timeout", type=float, default=60.0, help="seconds one client waits for finish")
+    parser.add_argument("--connect-timeout", type=float, default=20.0, help="seconds to open one WebSocket")
+    parser.add_argument("--log-dir", default="/tmp", help="where daphne's and the fake server's logs go")
+
+
 # --- Django side: database, users, documents, sessions ----------------------------------------
 def bench_env() -> dict[str, str]:
     """The environment of this process and of daphne: the embedded Postgres, its bench database."""
     env = dict(os.environ)
-    env.pop("DATABASE_URL", None)
-    env.update(EMBEDDED_PG_DB=BENCH_DB, DJANGO_SETTINGS_MODULE="config.settings")
+    use_bench_database(env, BENCH_DB)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
 
 
 def prepare_database(users: int) -> list[str]:
     """Migrate the bench database, ingest the documents, log ``users`` users in; their cookies."""
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.update(EMBEDDED_PG_DB=BENCH_DB, DJANGO_SETTINGS_MODULE="config.settings")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    setup_django(BENCH_DB)
     from django.db import connections
 
-    call_command("migrate", verbosity=0, interactive=False)
     bench_users = ensure_users(users)
     ensure_documents(owner=bench_users[0])
     cookies = [session_cookie(user) for user in bench_users]
@@ -148,7 +143,7 @@ def ensure_users(count: int) -> list:
 
 def ensure_documents(owner) -> None:
     """A public collection with the bench documents (re-ingesting identical files is a no-op)."""
-    from documents.ingest import do_ingest_file
+    from documents.actions import do_ingest_file
     from documents.models import Collection
 
     collection, _ = Collection.objects.get_or_create(name=COLLECTION, defaults={"owner": owner, "is_public": True})
@@ -354,7 +349,7 @@ async def ask(socket_, result: Result, timeout: float) -> None:
                 if kind == "ack":
                     result.ack = time.perf_counter() - started
                     answer_id = reply.get("answer_id")
-                elif kind in ("delta", "finish") and reply.get("message_id") != answer_id:
+                elif kind in ("delta", "finish") and reply.get("answer_id") != answer_id:
                     note(result, "crossover")  # a frame of another answer on this socket
                 if kind == "delta" and result.first_token is None:
                     result.first_token = time.perf_counter() - started
@@ -431,27 +426,10 @@ async def wait_until_connected(results: list[Result], timeout: float) -> None:
 
 
 # --- statistics and the table -------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu_seconds() -> float:
-    """Busy CPU time of the whole machine so far (all cores, idle and iowait excluded)."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
@@ -497,25 +475,42 @@ def fmt(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def print_heading(header: str) -> None:
+    """A table's header line, underlined."""
+    print(header)
+    print("-" * len(header))
+
+
+LATENCY_HEADER = f"{'ttft p50':>9} {'ttft p95':>9} {'total p50':>10} {'total p95':>10}"
+
+
+def latency_cells(first_token: list[float], total: list[float]) -> str:
+    """The cells under ``LATENCY_HEADER``: p50 and p95 of the times to first token and in total."""
+    p50_p95 = [fmt(percentile(times, q)) for times in (first_token, total) for q in (50, 95)]
+    return f"{p50_p95[0]:>9} {p50_p95[1]:>9} {p50_p95[2]:>10} {p50_p95[3]:>10}"
+
+
 def print_table(summaries: list[LevelSummary]) -> None:
     """One row per level; cpu% is each process's CPU over the level's wall time (100 = one core;
     'machine' is all of it: ours, Postgres's and any other work running meanwhile)."""
     solo = next((s for s in summaries if s.n == 1), None)
     baseline = percentile(solo.ok("total"), 50) if solo else None
     header = (
-        f"{'N':>4} {'runs':>4} {'answers':>7} {'errors':>6} {'ttft p50':>9} {'ttft p95':>9} "
-        f"{'total p50':>10} {'total p95':>10} {'p95/p50(1)':>10} {'connect p95':>11} {'llm peak':>8}"
+        f"{'N':>4} {'runs':>4} {'answers':>7} {'errors':>6} {LATENCY_HEADER} "
+        f"{'p95/p50(1)':>10} {'connect p95':>11} {'llm peak':>8}"
         f"  cpu% daphne/llm/clients/machine"
     )
-    print(header)
-    print("-" * len(header))
+    print_heading(header)
     for s in summaries:
         p95 = percentile(s.ok("total"), 95)
-        ratio = f"{p95 / baseline:.2f}" if p95 is not None and baseline else "-"
+        latency = latency_cells(s.ok("first_token"), s.ok("total"))
         print(
-            f"{s.n:>4} {s.runs:>4} {len(s.results):>7} {s.errors:>6} {fmt(percentile(s.ok('first_token'), 50)):>9} "
-            f"{fmt(percentile(s.ok('first_token'), 95)):>9} {fmt(percentile(s.ok('total'), 50)):>10} "
-            f"{fmt(p95):>10} {ratio:>10} {fmt(percentile(s.ok('connect'), 95)):>11} {s.llm_peak:>8}"
+            f"{s.n:>4} {s.runs:>4} {len(s.results):>7} {s.errors:>6} {latency} "
+            f"{ratio(p95, baseline):>10} {fmt(percentile(s.ok('connect'), 95)):>11} {s.llm_peak:>8}"
             f"  {'/'.join(f'{s.cpu[k]:.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}"
         )
     print_breakdown(summaries)
@@ -538,36 +533,17 @@ def print_breakdown(summaries: list[LevelSummary]) -> None:
         print(f"             {s.n:>4}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}")
 
 
-def machine_busy(seconds: float) -> float:
-    before = machine_cpu_seconds()
-    time.sleep(seconds)
-    return 100 * (machine_cpu_seconds() - before) / seconds
-
-
-def code_version() -> str:
-    """The commit measured, and whether the work tree differed from it."""
-
-    def git(*command: str) -> str:
-        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-
-    try:
-        changed = git("status", "--porcelain", "--untracked-files=no")
-        return f"git {git('rev-parse', '--short', 'HEAD')}" + (" + uncommitted changes" if changed else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-
-
 def print_machine(args: argparse.Namespace, servers: Servers) -> None:
     print(
         f"machine: nproc={len(os.sched_getaffinity(0))} ({platform.machine()}, {platform.system()} "
         f"{platform.release()}), Python {platform.python_version()}"
     )
     print(
-        f"machine busy before the run: {machine_busy(2.0):.0f}% of one core over 2 s "
+        f"machine busy before the run: {busy_percent(2.0):.0f}% of one core over 2 s "
         f"(load average {os.getloadavg()[0]:.2f}); other work on this machine skews the numbers"
     )
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"code:    {code_version()}")
+    print(f"command: {command_line()}")
+    print(f"code:    {code_version(describe_changes=False)}")
     print(f"fake LLM: {shlex.join(servers.groq_cmd)}")
     print(f"server:   {shlex.join(servers.daphne_cmd)}")
     print(

@@ -20,7 +20,7 @@ Reported per phase:
   final status, as the clients saw them and as stored;
 - lost messages: the questions and answers stored in the database during this run (found by a
   unique run tag in the question text) against the number sent -- must be equal -- and the
-  answers left unfinished (``pending`` / ``streaming``) -- must be 0;
+  answers left unfinished (``pending``) -- must be 0;
 - the max event-loop lag of the server during the phase: ``loop_lag_ms`` of
   ``/monitoring/api/summary``, polled every 0.5 s by ``monitoring.client.MonitoringClient`` as a
   staff user (``bench-staff``, created in the bench database).
@@ -46,18 +46,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if not __package__:  # run as a file: the project root, not bench/, first on sys.path (see bench/common.py)
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from concurrency import (  # noqa: E402  (the shared benchmark machinery)
+from bench.common import percentile
+from bench.concurrency import (
+    LATENCY_HEADER,
     QUESTIONS,
     CpuMeter,
     Result,
     Servers,
+    add_server_arguments,
     fmt,
-    percentile,
+    latency_cells,
     plan_servers,
     prepare_database,
+    print_heading,
     print_machine,
+    ratio,
     report_logs,
     run_level,
     start_servers,
@@ -67,7 +73,7 @@ from concurrency import (  # noqa: E402  (the shared benchmark machinery)
 
 STAFF_USER = "bench-staff"
 POLL_EVERY = 0.5
-UNFINISHED = ("pending", "streaming")
+UNFINISHED = "pending"  # an answer's status until it ends, one way or another
 STAGES = ("ack", "slot", "embedding", "retrieval", "first_token", "total")
 
 
@@ -83,24 +89,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--warmup-chats", type=int, default=None, help="healthy chats at once before measuring (default: --chats)"
     )
-    parser.add_argument("--tokens", type=int, default=50, help="tokens per healthy fake answer")
-    parser.add_argument("--delay", type=float, default=0.02, help="seconds between fake tokens")
-    parser.add_argument("--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne")
-    parser.add_argument("--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS")
-    parser.add_argument("--answer-timeout", type=float, default=60.0, help="seconds one client waits for finish")
-    parser.add_argument("--connect-timeout", type=float, default=20.0, help="seconds to open one WebSocket")
     parser.add_argument(
         "--settle-timeout",
         type=float,
         default=30.0,
         help="seconds to wait after the run for unfinished answers before counting them",
     )
-    parser.add_argument("--log-dir", default="/tmp", help="where daphne's and the fake server's logs go")
     parser.add_argument(
         "--asyncio-debug",
         action="store_true",
         help="diagnosis: daphne in asyncio debug mode (logs callbacks that block its loop >100 ms; slower)",
     )
+    add_server_arguments(parser)
     args = parser.parse_args()
     if args.chats < 1 or args.rounds < 1 or not 0 <= args.fail_rate <= 1:
         parser.error("--chats and --rounds must be positive, --fail-rate in 0..1")
@@ -303,7 +303,7 @@ def count_stored(phases: list[Phase], run_tag: str, settle_timeout: float) -> No
     deadline = time.monotonic() + settle_timeout
     try:
         while time.monotonic() < deadline:
-            if not any(answers(p).filter(status__in=UNFINISHED).exists() for p in phases):
+            if not any(answers(p).filter(status=UNFINISHED).exists() for p in phases):
                 break
             time.sleep(0.5)
         for phase in phases:
@@ -320,45 +320,34 @@ def count_stored(phases: list[Phase], run_tag: str, settle_timeout: float) -> No
 
 
 # --- the report ----------------------------------------------------------------------------------
-def ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}" if a is not None and b else "-"
-
-
 def print_report(phases: list[Phase], args) -> None:
     baseline = phases[0]
     base_p95 = percentile(baseline.times("total"), 95)
     base_p95_ok = percentile(baseline.times("total", "complete"), 95)
     header = (
-        f"{'phase':<10} {'fail':>5} {'chats':>5} {'not complete':>12} {'ttft p50':>9} {'ttft p95':>9} "
-        f"{'total p50':>10} {'total p95':>10} {'p95/base':>8} {'loop lag max':>12} {'lost q/a':>8} "
-        f"{'pending':>7} {'llm calls':>9}"
+        f"{'phase':<10} {'fail':>5} {'chats':>5} {'not complete':>12} {LATENCY_HEADER} "
+        f"{'p95/base':>8} {'loop lag max':>12} {'lost q/a':>8} {'pending':>7} {'llm calls':>9}"
     )
-    print(header)
-    print("-" * len(header))
+    print_heading(header)
     for p in phases:
         p95 = percentile(p.times("total"), 95)
         sent = len(p.results)
         lost = f"{sent - p.stored.get('questions', 0)}/{sent - p.stored.get('answers', 0)}" if p.stored else "?"
-        pending = sum(p.stored["status"][s] for s in UNFINISHED) if p.stored else "?"
+        pending = p.stored["status"][UNFINISHED] if p.stored else "?"
         rate = f"{p.not_complete} {100 * p.not_complete / sent:.0f}%" if sent else "-"
         lag = f"{p.lag_max:.0f} ms" if p.lag_max is not None else "-"
+        latency = latency_cells(p.times("first_token"), p.times("total"))
         print(
-            f"{p.name:<10} {p.fail_rate:>5.0%} {sent:>5} {rate:>12} {fmt(percentile(p.times('first_token'), 50)):>9} "
-            f"{fmt(percentile(p.times('first_token'), 95)):>9} {fmt(percentile(p.times('total'), 50)):>10} "
-            f"{fmt(p95):>10} {ratio(p95, base_p95):>8} {lag:>12} {lost:>8} {pending!s:>7} {p.llm_requests:>9}"
+            f"{p.name:<10} {p.fail_rate:>5.0%} {sent:>5} {rate:>12} {latency} "
+            f"{ratio(p95, base_p95):>8} {lag:>12} {lost:>8} {pending!s:>7} {p.llm_requests:>9}"
         )
     print()
     print("by final status (as the clients saw it):")
-    print(
-        f"  {'phase':<10} {'status':<10} {'count':>5} {'ttft p50':>9} {'ttft p95':>9} {'total p50':>10} {'total p95':>10}"
-    )
+    print(f"  {'phase':<10} {'status':<10} {'count':>5} {LATENCY_HEADER}")
     for p in phases:
         for status, count in sorted(p.statuses().items(), key=lambda kv: -kv[1]):
-            times = [percentile(p.times(attr, status), q) for attr in ("first_token", "total") for q in (50, 95)]
-            print(
-                f"  {p.name:<10} {status:<10} {count:>5} {fmt(times[0]):>9} {fmt(times[1]):>9} "
-                f"{fmt(times[2]):>10} {fmt(times[3]):>10}"
-            )
+            latency = latency_cells(p.times("first_token", status), p.times("total", status))
+            print(f"  {p.name:<10} {status:<10} {count:>5} {latency}")
     print()
     print("where the time goes, p50 / p95 (ack as the client saw it; the rest: the server's timings, from the")
     print("answer task's start just after the ack):")
@@ -422,7 +411,7 @@ def integrity_problems(phases: list[Phase]) -> list[str]:
             problems.append(
                 f"{p.name}: sent {sent}, stored {p.stored['questions']} questions and {p.stored['answers']} answers"
             )
-        unfinished = sum(p.stored["status"][s] for s in UNFINISHED)
+        unfinished = p.stored["status"][UNFINISHED]
         if unfinished:
             problems.append(f"{p.name}: {unfinished} answers left unfinished")
     return problems

@@ -45,17 +45,26 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import re
-import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+if not __package__:  # run as a file: the project root, not bench/, first on sys.path (see bench/common.py)
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench.common import (
+    add_wait_quiet_argument,
+    command_line,
+    machine_cpu_seconds,
+    percentile,
+    print_header,
+    setup_django,
+    wait_until_quiet,
+)
+
 BENCH_DB = "docchat_bench_retrieval"
 READER, OWNER = "bench-reader", "bench-owner"
 DIM = 384
@@ -82,12 +91,7 @@ def parse_args() -> argparse.Namespace:
         default=40,
         help="skip the remaining builds once the run has taken this long",
     )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=1200,
-        help="wait up to this many seconds for load < 1 before timing (0: do not wait)",
-    )
+    add_wait_quiet_argument(parser)
     parser.add_argument("--reload", action="store_true", help="regenerate the data even if reusable")
     parser.add_argument(
         "--reuse-index",
@@ -151,78 +155,7 @@ def data_key(args: argparse.Namespace) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# --- machine load -----------------------------------------------------------------------------
-def machine_cpu_seconds() -> float:
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def other_benchmarks() -> list[str]:
-    """Python processes running one of the bench/ scripts, other than this one."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        if int(pid) == os.getpid():
-            continue
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in argv if a]
-        if (
-            words
-            and "python" in Path(words[0]).name
-            and any(w.startswith("bench/") or "/bench/" in w for w in words[1:2])
-        ):
-            found.append(f"{pid}: {' '.join(words)[:80]}")
-    return found
-
-
-def busy_percent(seconds: float) -> float:
-    before = machine_cpu_seconds()
-    time.sleep(seconds)
-    return 100 * (machine_cpu_seconds() - before) / seconds
-
-
-def wait_until_quiet(limit: float) -> str:
-    """Wait (at most ``limit`` s) for load average < 1, under 25 % of one core busy over 5 s and no
-    other benchmark running, twice in a row ~30 s apart (a test suite has short pauses); return a
-    line describing the load when timing starts."""
-    started = time.monotonic()
-    streak = 0
-    while True:
-        busy = busy_percent(5.0)
-        load = os.getloadavg()[0]
-        others = other_benchmarks()
-        quiet = load < 1.0 and busy < 25 and not others
-        streak = streak + 1 if quiet else 0
-        waited = time.monotonic() - started
-        if streak >= 2 or waited >= limit:
-            state = "quiet" if quiet else f"NOT quiet after waiting {waited:.0f} s"
-            return (
-                f"load before timing: {state}: loadavg(1 min) {load:.2f}, {busy:.0f}% of one core "
-                f"busy over 5 s, other benchmarks: {others or 'none'} (waited {waited:.0f} s)"
-            )
-        print(
-            f"  waiting for a quiet machine: loadavg {load:.2f}, busy {busy:.0f}%, "
-            f"other benchmarks {len(others)} ({waited:.0f}/{limit:.0f} s)",
-            flush=True,
-        )
-        time.sleep(25)
-
-
 # --- database ---------------------------------------------------------------------------------
-def setup_django() -> None:
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.update(EMBEDDED_PG_DB=BENCH_DB, DJANGO_SETTINGS_MODULE="config.settings")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
-
-
 def raw_connection():
     """A plain psycopg connection to the bench database (client-side binding, as Django's)."""
     import psycopg
@@ -405,14 +338,6 @@ class Config:
         self.results[query] = ids
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def measure(conn, args, sql, params, data: Data, texts, user, default_ef: int) -> list[Config]:
     configs = [Config(f"vector_search (product), ef_search={ef}", ef, "product") for ef in args.ef]
     configs += [Config(f"SQL ef_search={ef} iterative_scan={mode}", ef, mode)
@@ -441,6 +366,11 @@ def measure(conn, args, sql, params, data: Data, texts, user, default_ef: int) -
     return configs
 
 
+def ms(seconds: list[float], q: float) -> float:
+    """The ``q`` percentile of ``seconds`` in milliseconds (every list timed here has values)."""
+    return 1000 * (percentile(seconds, q) or 0.0)
+
+
 def recall(config: Config, exact: list[list[int]]) -> tuple[float, int]:
     hits = [len(set(config.results[q]) & set(exact[q])) / 10 for q in range(len(exact))]
     short = sum(1 for q in range(len(exact)) if len(config.results[q]) < 10)
@@ -456,7 +386,7 @@ def print_table(build: dict, configs: list[Config], exact) -> list[str]:
         f"|{'-' * 50}|{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 10}|-------|",
     ]
     for config in configs:
-        p50, p99 = 1000 * percentile(config.latencies, 50), 1000 * percentile(config.latencies, 99)
+        p50, p99 = ms(config.latencies, 50), ms(config.latencies, 99)
         r, short = recall(config, exact)
         ok = "ok" if p50 <= 5 and p99 <= 20 and r >= 0.95 else "miss"
         lines.append(f"| {config.label:<48} | {p50:>6.1f} | {p99:>6.1f} | {r:>9.3f} | {short:>8} | {ok:>5} |")
@@ -517,12 +447,14 @@ def product_breakdown(user, data: Data, exact, default_ef: int) -> list[str]:
             found[name].append([hit.chunk_id for hit in hits])
 
     def p50(name: str) -> float:
-        return 1000 * percentile(steps[name], 50)
+        return ms(steps[name], 50)
 
     lines = []
+    deferred_fields, _ = search.readable_chunks(user).query.deferred_loading
+    already = "; the product already defers them" if {"embedding", "search_vector"} <= set(deferred_fields) else ""
     for name, label in (
         ("vector_search", "vector_search as is"),
-        ("deferred", "with .defer(embedding, search_vector)"),
+        ("deferred", f"with .defer(embedding, search_vector){already}"),
     ):
         r = sum(len(set(a) & set(b)) for a, b in zip(found[name], exact, strict=True)) / (10 * len(exact))
         rest = [t - sum(steps[f"{name}:{attr}"][i] for attr in originals) for i, t in enumerate(totals[name])]
@@ -530,28 +462,13 @@ def product_breakdown(user, data: Data, exact, default_ef: int) -> list[str]:
             f"  breakdown, {label}, ef_search={default_ef}, p50 per step: ACL query + queryset "
             f"{p50(name + ':readable_chunks'):.1f} ms, SET LOCALs {p50(name + ':_tune_vector_scan'):.1f} ms, "
             f"SELECT + rows to models {p50(name + ':_exact_order'):.1f} ms, hits {p50(name + ':fuse'):.2f} ms, "
-            f"rest (transaction, ...) {1000 * percentile(rest, 50):.1f} ms; total p50 "
-            f"{1000 * percentile(totals[name], 50):.1f} / p99 {1000 * percentile(totals[name], 99):.1f} ms; recall {r:.3f}"
+            f"rest (transaction, ...) {ms(rest, 50):.1f} ms; total p50 "
+            f"{ms(totals[name], 50):.1f} / p99 {ms(totals[name], 99):.1f} ms; recall {r:.3f}"
         )
     return lines
 
 
 # --- report -----------------------------------------------------------------------------------
-def code_version() -> str:
-    def git(*command: str) -> str:
-        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-
-    try:
-        changed = git("status", "--porcelain", "--untracked-files=no")
-        # The working tree may differ from the commit: a hash of the diff tells such states apart.
-        diff = hashlib.sha256(git("diff", "HEAD").encode()).hexdigest()[:12]
-        return f"git {git('rev-parse', '--short', 'HEAD')}" + (
-            f" + uncommitted changes in {len(changed.splitlines())} files (diff sha256 {diff})" if changed else ""
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-
-
 def similarity_stats(data: Data, readable_docs, exact_numpy) -> str:
     import numpy as np
 
@@ -581,14 +498,9 @@ def numpy_top10(data: Data, readable_chunk_mask) -> list[list[int]]:
 def main() -> int:
     args = parse_args()
     run_started = time.monotonic()
-    command = shlex.join([sys.executable, *sys.argv])
-    print(
-        f"machine: nproc={len(os.sched_getaffinity(0))} (os.cpu_count={os.cpu_count()}, "
-        f"{platform.machine()}, {platform.system()} {platform.release()}), Python {platform.python_version()}"
-    )
-    print(f"command: {command}")
-    print(f"code:    {code_version()}")
-    setup_django()
+    command = command_line()
+    print_header(command)
+    setup_django(BENCH_DB)
     import numpy as np
     from django.conf import settings
     from django.contrib.auth import get_user_model
@@ -643,7 +555,7 @@ def main() -> int:
         f"exact search: {1000 * exact_seconds:.0f} ms per query; agrees with numpy on {100 * agreement:.2f}% of the top-10 ids"
     )
 
-    load_line = wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else "load not checked"
+    load_line = wait_until_quiet(args.wait_quiet)
     print(load_line, flush=True)
     report: list[str] = []
     plans: list[str] = []

@@ -14,12 +14,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .errors import NotFound
 from .models import Conversation, Message
 from .prompting import Turn, memory_window
-
-
-class NotFound(Exception):
-    code = "not_found"
 
 
 @dataclass
@@ -38,14 +35,15 @@ def access_conversation(user, conversation_id: int) -> Conversation:
     try:
         return Conversation.objects.get(pk=conversation_id, user=user)
     except Conversation.DoesNotExist:
-        raise NotFound(f"conversation {conversation_id} not found") from None
+        raise NotFound("conversation", conversation_id) from None
 
 
 def access_answer(user, answer_id: int) -> Message:
+    """The user's own answer, or ``NotFound``."""
     try:
         return Message.objects.get(pk=answer_id, conversation__user=user, role=Message.Role.ASSISTANT)
     except Message.DoesNotExist:
-        raise NotFound(f"message {answer_id} not found") from None
+        raise NotFound("answer", answer_id) from None
 
 
 def title_from(question: str) -> str:
@@ -122,35 +120,16 @@ def _history(conversation: Conversation) -> list[Turn]:
     return memory_window(turns, settings.MEMORY_WINDOW_TOKENS)
 
 
-def do_finish_answer(
-    answer_id: int,
-    *,
-    text: str,
-    status: str,
-    sources: list[dict],
-    timings: dict,
-    usage: dict,
-    provider: str,
-    model: str,
-    error_code: str = "",
-) -> None:
-    """Write the final state of an answer; always called, whatever happened to the stream."""
-    Message.objects.filter(pk=answer_id).update(
-        text=text,
-        status=status,
-        sources=sources,
-        timings=timings,
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        provider=provider,
-        model=model,
-        error_code=error_code,
-        updated_at=timezone.now(),
-    )
+FINAL_FIELDS = (
+    "text", "status", "sources", "timings", "prompt_tokens", "completion_tokens", "provider", "model", "error_code",
+)  # fmt: skip
 
 
-def load_answer(user, answer_id: int) -> Message:
-    return access_answer(user, answer_id)
+def do_finish_answer(answer: Message) -> None:
+    """Write the final state of ``answer`` (an unsaved copy carrying it) in one UPDATE; always
+    called, whatever happened to the stream."""
+    final = {name: getattr(answer, name) for name in FINAL_FIELDS}
+    Message.objects.filter(pk=answer.pk).update(**final, updated_at=timezone.now())
 
 
 def answer_deadline_seconds() -> float:

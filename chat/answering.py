@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -24,21 +25,19 @@ from monitoring import metrics
 from . import protocol
 from .actions import Asked, do_finish_answer
 from .breakers import CircuitOpen, breakers
-from .limits import GenerationQueueTimeout, generation_slots
+from .errors import ChatError, InternalError
 from .llm import get_provider
-from .llm.base import Generation, LLMError, StreamLimits, guarded
+from .llm.base import ChatMessage, Generation, LLMError, LLMProvider, StreamLimits, guarded
 from .models import Message
-from .prompting import (
-    NOT_FOUND_ANSWER,
-    build_messages,
-    extractive_answer,
-    retrieval_query,
-)
-from .rendering import render_answer
+from .prompting import NOT_FOUND_ANSWER, build_messages, extractive_answer, retrieval_query
+from .slots import generation_slots
 from .streaming import DeltaCoalescer
 
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+
 logger = logging.getLogger(__name__)
-Send = Callable[[dict], Awaitable[None]]
+Send = Callable[[protocol.OutgoingFrame], Awaitable[None]]
 
 
 @dataclass
@@ -62,19 +61,37 @@ class Answer:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def final(self, provider: LLMProvider) -> Message:
+        """The answer's final state as an unsaved copy of its row (persisted and sent as is)."""
+        usage = self.generation.usage
+        return Message(
+            pk=self.asked.answer_id,
+            role=Message.Role.ASSISTANT,
+            text=self.text,
+            status=self.status,
+            sources=self.sources,
+            timings=self.timings,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            provider=provider.name,
+            model=provider.model,
+            error_code=self.error_code,
+        )
 
-class RetrievalFailed(Exception):
+
+class RetrievalFailed(ChatError):
     """Embedding or search failed, timed out, or its breaker is open; the question stays saved."""
 
     code = "retrieval_unavailable"
 
     def __init__(self, detail: str, retry_in: float | None = None) -> None:
-        super().__init__(detail)
         wait = f" Please retry in {retry_in:.0f} s." if retry_in else " Please retry shortly."
-        self.user_message = "Searching your documents failed (" + detail + "); your question was saved." + wait
+        super().__init__(
+            detail, user_message=f"Searching your documents failed ({detail}); your question was saved.{wait}"
+        )
 
 
-async def answer_question(user, asked: Asked, send: Send) -> Answer:
+async def answer_question(user: AbstractBaseUser, asked: Asked, send: Send) -> Answer:
     """Produce, stream and persist the answer to ``asked``; returns its final state."""
     answer = Answer(asked)
     provider = get_provider()
@@ -85,31 +102,32 @@ async def answer_question(user, asked: Asked, send: Send) -> Answer:
     except asyncio.CancelledError:
         answer.status = Message.Status.STOPPED
         raise
-    except (LLMError, GenerationQueueTimeout, RetrievalFailed) as exc:
-        logger.warning("answer %s failed: %s", asked.answer_id, exc)
-        answer.status, answer.error_code = Message.Status.FAILED, exc.code
-        await send(protocol.error_frame(exc.code, exc.user_message, message_id=asked.answer_id))
-    except Exception:
-        logger.exception("answer %s failed", asked.answer_id)
-        answer.error_code = "internal_error"
-        await send(
-            protocol.error_frame(
-                "internal_error",
-                "Something went wrong while answering.",
-                message_id=asked.answer_id,
-            )
-        )
+    except Exception as exc:
+        await _fail(answer, exc, send)
     finally:
         answer.mark("total")
+        final = answer.final(provider)
         # Shielded: a second cancel (server shutting down) must not lose the final state.
-        await asyncio.shield(_persist(answer, provider))
+        await asyncio.shield(_persist(final))
         logger.info("answer %s ended %s in %.2fs", asked.answer_id, answer.status, answer.timings["total"])
         metrics.record_answer(answer.status, answer.timings, answer.deltas)
-        await send(_finish(answer))
+        await send(protocol.finish_frame(final))
     return answer
 
 
-async def _produce(user, answer: Answer, provider, send: Send) -> None:
+async def _fail(answer: Answer, exc: Exception, send: Send) -> None:
+    """The answer failed: tell the user why (a ``ChatError``), or log the bug and say so."""
+    if isinstance(exc, ChatError):
+        logger.warning("answer %s failed: %s", answer.asked.answer_id, exc)
+        error = exc
+    else:
+        logger.exception("answer %s failed", answer.asked.answer_id)
+        error = InternalError(user_message="Something went wrong while answering.")
+    answer.status, answer.error_code = Message.Status.FAILED, error.code
+    await send(protocol.error_frame(error, answer_id=answer.asked.answer_id))
+
+
+async def _produce(user: AbstractBaseUser, answer: Answer, provider: LLMProvider, send: Send) -> None:
     asked = answer.asked
 
     async def tell_position(position: int) -> None:
@@ -126,7 +144,7 @@ async def _produce(user, answer: Answer, provider, send: Send) -> None:
             return
         await send(protocol.status_frame(asked.answer_id, "generating"))
         # A small local model reads a long prompt slowly: it gets fewer passages.
-        prompt_hits = hits[: getattr(provider, "max_prompt_sources", len(hits))]
+        prompt_hits = hits[: provider.max_prompt_sources or len(hits)]
         messages = build_messages(asked.question, asked.history, prompt_hits)
         try:
             async with breakers().guard("llm"):
@@ -137,20 +155,19 @@ async def _produce(user, answer: Answer, provider, send: Send) -> None:
             await _degrade(answer, hits, exc, send)
 
 
-async def _degrade(answer: Answer, hits: list[Hit], cause: Exception, send: Send) -> None:
+async def _degrade(answer: Answer, hits: list[Hit], cause: LLMError | CircuitOpen, send: Send) -> None:
     """The model is down: answer with the best passages themselves, clearly marked as such."""
     answer_id = answer.asked.answer_id
-    answer.status = Message.Status.DEGRADED
-    answer.error_code = "llm_circuit_open" if isinstance(cause, CircuitOpen) else cause.code  # type: ignore[attr-defined]
-    if isinstance(cause, LLMError):
-        await send(protocol.error_frame(cause.code, cause.user_message, message_id=answer_id))
+    answer.status, answer.error_code = Message.Status.DEGRADED, cause.code
+    if isinstance(cause, LLMError):  # an open breaker is no news for this answer: just degrade
+        await send(protocol.error_frame(cause, answer_id=answer_id))
     await send(protocol.status_frame(answer_id, "degraded"))
     text = extractive_answer(hits)
     answer.parts = [text]
     await send(protocol.delta_frame(answer_id, text))
 
 
-async def _retrieve(user, answer: Answer) -> list[Hit]:
+async def _retrieve(user: AbstractBaseUser, answer: Answer) -> list[Hit]:
     query = retrieval_query(answer.asked.question, answer.asked.history)
     await ensure_loaded()
     try:
@@ -178,13 +195,9 @@ def _has_relevant(hits: list[Hit]) -> bool:
     return any(hit.similarity >= settings.RETRIEVAL_MIN_SCORE or hit.keyword_match for hit in hits)
 
 
-async def _stream(answer: Answer, provider, messages, send: Send) -> None:
+async def _stream(answer: Answer, provider: LLMProvider, messages: list[ChatMessage], send: Send) -> None:
     deltas = provider.stream(messages, answer.generation)
-    limits = StreamLimits(
-        getattr(provider, "first_token_timeout", settings.LLM_FIRST_TOKEN_TIMEOUT),
-        settings.LLM_IDLE_TIMEOUT,
-        settings.LLM_TOTAL_TIMEOUT,
-    )
+    limits = StreamLimits(provider.first_token_timeout, settings.LLM_IDLE_TIMEOUT, settings.LLM_TOTAL_TIMEOUT)
     answer_id = answer.asked.answer_id
 
     async def flush(text: str) -> None:
@@ -199,62 +212,10 @@ async def _stream(answer: Answer, provider, messages, send: Send) -> None:
             out.add(delta)
 
 
-async def _persist(answer: Answer, provider) -> None:
+async def _persist(final: Message) -> None:
     """Write the final state; one retry on a fresh connection if the database dropped ours."""
     try:
-        await _write_final_state(answer, provider)
+        await db_async(do_finish_answer)(final)
     except DatabaseError:
-        logger.warning("saving answer %s failed; retrying once", answer.asked.answer_id)
-        await _write_final_state(answer, provider)
-
-
-async def _write_final_state(answer: Answer, provider) -> None:
-    await db_async(do_finish_answer)(
-        answer.asked.answer_id,
-        text=answer.text,
-        status=answer.status,
-        sources=answer.sources,
-        timings=answer.timings,
-        usage=_usage(answer),
-        provider=provider.name,
-        model=provider.model,
-        error_code=answer.error_code,
-    )
-
-
-def _usage(answer: Answer) -> dict:
-    usage = answer.generation.usage
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-    }
-
-
-def _finish(answer: Answer) -> dict:
-    return protocol.finish_frame(
-        answer.asked.answer_id,
-        answer.status,
-        answer.text,
-        render_answer(answer.text, len(answer.sources)),
-        answer.sources,
-        answer.timings,
-        _usage(answer),
-        answer.error_code,
-    )
-
-
-def finish_frame_for(message: Message) -> dict:
-    """The ``finish`` frame of an answer already in the database (for resent questions)."""
-    return protocol.finish_frame(
-        message.pk,
-        message.status,
-        message.text,
-        render_answer(message.text, len(message.sources)),
-        message.sources,
-        message.timings,
-        {
-            "prompt_tokens": message.prompt_tokens,
-            "completion_tokens": message.completion_tokens,
-        },
-        message.error_code,
-    )
+        logger.warning("saving answer %s failed; retrying once", final.pk)
+        await db_async(do_finish_answer)(final)

@@ -3,13 +3,12 @@
 After ``threshold`` consecutive failures a breaker opens: calls fail at once for ``ttl`` seconds
 instead of piling up behind a dead dependency; then one trial call decides whether it closes.
 With REDIS_URL the state lives in Redis, shared by every server process; if Redis is unreachable
-the breaker falls back to this process's memory (logged, and shown in monitoring).
+the breaker falls back to this process's memory (``common.redis``; shown in monitoring).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,22 +18,29 @@ from django.conf import settings
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import Context, OpenedState
 from purgatory.service._async.unit_of_work import (
+    AsyncAbstractUnitOfWork,
     AsyncInMemoryUnitOfWork,
     AsyncRedisUnitOfWork,
 )
 
 from common.aio import per_loop
+from common.redis import LocalFallback, url_with_timeouts
 
-logger = logging.getLogger(__name__)
+from .errors import ChatError
+
 NAMES = ("llm", "embedding", "retrieval")
-FALLBACK_SECONDS = 30
 # Stopping an answer (cancellation) is the user's choice, not a failure of the dependency.
-NOT_FAILURES = [asyncio.CancelledError]
+NOT_FAILURES = (asyncio.CancelledError,)
 
 
-class CircuitOpen(Exception):
+class CircuitOpen(ChatError):
+    """Breaker ``name`` is open: calls fail at once for ``retry_in`` more seconds."""
+
     def __init__(self, name: str, retry_in: float) -> None:
-        super().__init__(f"circuit {name} is open")
+        super().__init__(
+            f"circuit {name} is open", user_message=f"The {name} service is paused after repeated failures."
+        )
+        self.code = f"{name}_circuit_open"
         self.name = name
         self.retry_in = retry_in
 
@@ -57,20 +63,19 @@ class Breakers:
     """The breakers of one event loop: shared (Redis) when configured, local memory otherwise."""
 
     def __init__(self) -> None:
-        self.local = AsyncCircuitBreakerFactory(uow=AsyncInMemoryUnitOfWork(), exclude=NOT_FAILURES)
+        self.local = _factory(AsyncInMemoryUnitOfWork())
         self.shared = None
         if settings.REDIS_URL:
-            url = _with_timeouts(settings.REDIS_URL)
-            self.shared = AsyncCircuitBreakerFactory(uow=AsyncRedisUnitOfWork(url), exclude=NOT_FAILURES)
-        self.fallback_until = 0.0
+            self.shared = _factory(AsyncRedisUnitOfWork(url_with_timeouts(settings.REDIS_URL)))
+        self.fallback = LocalFallback("circuit breakers")
         self.last_errors: dict[str, tuple[float, str]] = {}
 
     @property
     def using_fallback(self) -> bool:
-        return time.monotonic() < self.fallback_until
+        return self.fallback.active
 
     def factory(self) -> AsyncCircuitBreakerFactory:
-        return self.shared if self.shared is not None and not self.using_fallback else self.local
+        return self.shared if self.shared is not None and not self.fallback.active else self.local
 
     @asynccontextmanager
     async def guard(self, name: str) -> AsyncIterator[None]:
@@ -84,7 +89,7 @@ class Breakers:
         try:
             yield
         except BaseException as exc:
-            if not isinstance(exc, tuple(NOT_FAILURES)):
+            if not isinstance(exc, NOT_FAILURES):
                 self.last_errors[name] = (
                     time.time(),
                     f"{type(exc).__name__}: {exc}"[:300],
@@ -99,21 +104,14 @@ class Breakers:
         except OpenedState:
             raise
         except Exception:
-            self._fall_back()
+            self.fallback.start()
             return await self.local.get_breaker(name, cfg.threshold, cfg.ttl)
 
     async def _exit(self, breaker, exc_type, exc) -> None:
         try:
             await breaker.__aexit__(exc_type, exc, None)
         except Exception:
-            self._fall_back()  # recording the outcome in Redis failed; the answer goes on
-
-    def _fall_back(self) -> None:
-        logger.warning(
-            "Redis unreachable for circuit breakers; using this process's memory for %ss",
-            FALLBACK_SECONDS,
-        )
-        self.fallback_until = time.monotonic() + FALLBACK_SECONDS
+            self.fallback.start()  # recording the outcome in Redis failed; the answer goes on
 
     async def describe(self) -> list[dict]:
         """State of every breaker, for monitoring."""
@@ -140,7 +138,7 @@ class Breakers:
             else None,
             "last_error": last[1] if last else "",
             "last_error_at": last[0] if last else None,
-            "shared": self.shared is not None and not self.using_fallback,
+            "shared": self.shared is not None and not self.fallback.active,
         }
 
     async def reset(self, name: str) -> None:
@@ -154,10 +152,8 @@ class Breakers:
         self.last_errors.pop(name, None)
 
 
-def _with_timeouts(url: str) -> str:
-    # A Redis that hangs must not hang the chat: every call gives up after a second.
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}socket_timeout=1&socket_connect_timeout=1"
+def _factory(uow: AsyncAbstractUnitOfWork) -> AsyncCircuitBreakerFactory:
+    return AsyncCircuitBreakerFactory(uow=uow, exclude=list(NOT_FAILURES))
 
 
 breakers = per_loop(Breakers)

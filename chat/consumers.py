@@ -15,16 +15,17 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from common.db import db_async
 from documents import embedding
-from monitoring import live, metrics
+from monitoring import metrics
 
 from . import protocol
-from .actions import Asked, NotFound, do_record_question, load_answer
-from .answering import answer_question, finish_frame_for
+from .actions import Asked, access_answer, do_record_question
+from .answering import answer_question
+from .errors import ChatError, InternalError
 from .janitor import janitor
-from .limits import TooManyGenerations, check_user_generations, track_user_generation
 from .models import Message
 from .protocol import ProtocolError, check_frame
-from .ratelimit import RateLimited, question_limiter
+from .ratelimit import question_limiter
+from .slots import check_user_generations, track_user_generation
 
 logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
@@ -46,7 +47,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user = user
         embedding.warm_up()  # a fresh server starts loading the model with its first chat
         await self.accept()
-        live.connection_opened()
+        metrics.connection_opened()
         janitor().ensure_running()
         self.counted = True
 
@@ -72,7 +73,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _stop_answers(self) -> None:
         if getattr(self, "counted", False):
             self.counted = False
-            live.connection_closed()
+            metrics.connection_closed()
         self.closed = True
         tasks = list(getattr(self, "tasks", {}).values())
         for task in tasks:
@@ -81,33 +82,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        client_id = None
+        client_id: str | None = None
         try:
             frame = check_frame(text_data, bytes_data)
-            client_id = frame.get("client_id")
-            await self.handlers[frame["type"]](self, frame)
-        except ProtocolError as exc:
-            await self.send_frame(protocol.error_frame(exc.code, exc.message, client_id=exc.client_id))
-        except (RateLimited, TooManyGenerations) as exc:
-            await self.send_frame(
-                protocol.error_frame(
-                    exc.code,
-                    exc.user_message,
-                    client_id=client_id,
-                    retry_after=getattr(exc, "retry_after", None),
-                )
-            )
-        except NotFound as exc:
-            await self.send_frame(protocol.error_frame(exc.code, str(exc).capitalize() + ".", client_id=client_id))
+            if frame["type"] == "ask":
+                client_id = frame["client_id"]
+                await self.handle_ask(frame)
+            elif frame["type"] == "stop":
+                await self.handle_stop(frame)
+            else:
+                await self.handle_ping(frame)
+        except ChatError as exc:
+            client_id = exc.client_id if isinstance(exc, ProtocolError) else client_id
+            await self.send_frame(protocol.error_frame(exc, client_id=client_id))
         except Exception:
             logger.exception("chat frame failed")
-            await self.send_frame(
-                protocol.error_frame(
-                    "internal_error",
-                    "The server could not handle that message.",
-                    client_id=client_id,
-                )
-            )
+            await self.send_frame(protocol.error_frame(InternalError(), client_id=client_id))
 
     async def handle_ask(self, frame: protocol.AskFrame) -> None:
         check_user_generations(self.user.pk)
@@ -130,17 +120,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self._start_answer(asked)
 
     async def handle_stop(self, frame: protocol.StopFrame) -> None:
-        task = self.tasks.get(frame["message_id"])
+        task = self.tasks.get(frame["answer_id"])
         if task is None:
             # Not running here: make sure it is the user's (else not found), then nothing to do.
-            await db_async(load_answer)(self.user, frame["message_id"])
+            await db_async(access_answer)(self.user, frame["answer_id"])
             return
         task.cancel()
 
-    async def handle_ping(self, frame: dict) -> None:
-        await self.send_frame({"type": "pong"})
-
-    handlers = {"ask": handle_ask, "stop": handle_stop, "ping": handle_ping}
+    async def handle_ping(self, frame: protocol.PingFrame) -> None:
+        await self.send_frame(protocol.pong_frame())
 
     def _start_answer(self, asked: Asked) -> None:
         task = asyncio.get_running_loop().create_task(answer_question(self.user, asked, self.send_frame))
@@ -157,10 +145,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """A resent question: show the stored answer if it has finished."""
         if asked.answer_id in self.tasks or asked.answer_status == Message.Status.PENDING:
             return
-        message = await db_async(load_answer)(self.user, asked.answer_id)
-        await self.send_frame(finish_frame_for(message))
+        answer = await db_async(access_answer)(self.user, asked.answer_id)
+        await self.send_frame(protocol.finish_frame(answer))
 
-    async def send_frame(self, frame: dict) -> None:
+    async def send_frame(self, frame: protocol.OutgoingFrame) -> None:
         """Send unless the client has gone; a vanished client is not an error for the answer."""
         if frame["type"] == "error":
             metrics.record_error(frame["code"])

@@ -25,7 +25,6 @@ class Message(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending"
-        STREAMING = "streaming"
         COMPLETE = "complete"
         STOPPED = "stopped"
         FAILED = "failed"

@@ -1,24 +1,33 @@
-"""The WebSocket protocol: validation of incoming frames and the one builder of each outgoing type."""
+"""The WebSocket protocol: validation of incoming frames and the one builder of each outgoing type.
+
+One name per id: ``question_id`` is the stored question, ``answer_id`` the answer, in every frame,
+in the conversation API and in the browser.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Literal, TypedDict
+from collections.abc import Callable
+from typing import Any, Literal, NotRequired, TypedDict, TypeGuard
 
 from django.conf import settings
 
+from .errors import ChatError
+from .models import Message
+from .rendering import render_answer
 
-class ProtocolError(Exception):
-    """A frame the server cannot act on; ``code`` and the message go back in an ``error`` frame."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+class ProtocolError(ChatError):
+    """A frame the server cannot act on; the message says what to send instead."""
+
+    def __init__(self, code: str, user_message: str) -> None:
+        super().__init__(user_message=user_message)
         self.code = code
-        self.message = message
         self.client_id: str | None = None  # echoed so the client can match the error to its question
 
 
+# --- incoming frames ----------------------------------------------------------------------------
 class AskFrame(TypedDict):
     type: Literal["ask"]
     conversation_id: int | None
@@ -28,25 +37,29 @@ class AskFrame(TypedDict):
 
 class StopFrame(TypedDict):
     type: Literal["stop"]
-    message_id: int
+    answer_id: int
 
 
-def check_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+class PingFrame(TypedDict):
+    type: Literal["ping"]
+
+
+IncomingFrame = AskFrame | StopFrame | PingFrame
+
+
+def check_frame(text_data: str | None, bytes_data: bytes | None) -> IncomingFrame:
     """The parsed, validated frame; raises ``ProtocolError`` with a code for anything else."""
     if text_data is None:
         raise ProtocolError("invalid_frame", "Binary frames are not supported; send JSON text.")
     if len(text_data.encode()) > settings.MAX_FRAME_BYTES:
-        raise ProtocolError(
-            "frame_too_large",
-            f"Frames are limited to {settings.MAX_FRAME_BYTES} bytes.",
-        )
+        raise ProtocolError("frame_too_large", f"Frames are limited to {settings.MAX_FRAME_BYTES} bytes.")
     try:
         frame = json.loads(text_data)
     except ValueError:
         raise ProtocolError("invalid_json", "The frame is not valid JSON.") from None
     if not isinstance(frame, dict):
         raise ProtocolError("invalid_frame", "A frame must be a JSON object.")
-    checker = _CHECKERS.get(frame.get("type"))  # type: ignore[arg-type]
+    checker = _CHECKERS.get(str(frame.get("type")))
     if checker is None:
         raise ProtocolError("unknown_type", f"Unknown frame type {str(frame.get('type'))[:40]!r}.")
     try:
@@ -68,113 +81,165 @@ def check_ask(frame: dict[str, Any]) -> AskFrame:
     if not isinstance(text, str) or not text.strip():
         raise ProtocolError("missing_field", "'text' must be a non-empty string.")
     if len(text) > settings.MAX_QUESTION_CHARS:
-        raise ProtocolError(
-            "text_too_long",
-            f"Questions are limited to {settings.MAX_QUESTION_CHARS} characters.",
-        )
+        raise ProtocolError("text_too_long", f"Questions are limited to {settings.MAX_QUESTION_CHARS} characters.")
     conversation_id = frame.get("conversation_id")
-    if conversation_id is not None and (not isinstance(conversation_id, int) or isinstance(conversation_id, bool)):
+    if conversation_id is not None and not _is_int(conversation_id):
         raise ProtocolError("invalid_field", "'conversation_id' must be an integer or null.")
     client_id = valid_uuid(frame.get("client_id"))
     if client_id is None:
         raise ProtocolError("missing_field", "'client_id' must be a UUID.")
-    return {
-        "type": "ask",
-        "conversation_id": conversation_id,
-        "text": text.strip(),
-        "client_id": client_id,
-    }
+    return {"type": "ask", "conversation_id": conversation_id, "text": text.strip(), "client_id": client_id}
 
 
 def check_stop(frame: dict[str, Any]) -> StopFrame:
-    message_id = frame.get("message_id")
-    if not isinstance(message_id, int) or isinstance(message_id, bool):
-        raise ProtocolError("missing_field", "'message_id' must be an integer.")
-    return {"type": "stop", "message_id": message_id}
+    answer_id = frame.get("answer_id")
+    if not _is_int(answer_id):
+        raise ProtocolError("missing_field", "'answer_id' must be an integer.")
+    return {"type": "stop", "answer_id": answer_id}
 
 
-def check_ping(frame: dict[str, Any]) -> dict[str, Any]:
+def check_ping(frame: dict[str, Any]) -> PingFrame:
     return {"type": "ping"}
 
 
-_CHECKERS = {"ask": check_ask, "stop": check_stop, "ping": check_ping}
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_CHECKERS: dict[str, Callable[[dict[str, Any]], IncomingFrame]] = {
+    "ask": check_ask,
+    "stop": check_stop,
+    "ping": check_ping,
+}
 
 
 # --- outgoing frames ----------------------------------------------------------------------------
-def ack_frame(
-    client_id: str,
-    question_id: int,
-    answer_id: int,
-    conversation_id: int,
-    duplicate: bool,
-) -> dict:
+class AnswerPayload(TypedDict):
+    """An answer as the browser sees it: in the ``finish`` frame and in the conversation API."""
+
+    answer_id: int
+    status: str
+    text: str
+    html: str
+    sources: list[dict[str, Any]]
+    timings: dict[str, float]
+    usage: dict[str, int | None]
+    error_code: str
+    provider: str
+    model: str
+
+
+class AckFrame(TypedDict):
+    type: Literal["ack"]
+    client_id: str
+    question_id: int
+    answer_id: int
+    conversation_id: int
+    duplicate: bool
+
+
+class QueuedFrame(TypedDict):
+    type: Literal["queued"]
+    answer_id: int
+    position: int
+
+
+class StartFrame(TypedDict):
+    type: Literal["start"]
+    answer_id: int
+    provider: str
+    model: str
+
+
+class StatusFrame(TypedDict):
+    type: Literal["status"]
+    answer_id: int
+    stage: str
+
+
+class DeltaFrame(TypedDict):
+    type: Literal["delta"]
+    answer_id: int
+    text: str
+
+
+class FinishFrame(AnswerPayload):
+    type: Literal["finish"]
+
+
+class ErrorFrame(TypedDict):
+    type: Literal["error"]
+    code: str
+    message: str
+    retry_after: NotRequired[int]
+    client_id: NotRequired[str]
+    answer_id: NotRequired[int]
+
+
+class PongFrame(TypedDict):
+    type: Literal["pong"]
+
+
+OutgoingFrame = AckFrame | QueuedFrame | StartFrame | StatusFrame | DeltaFrame | FinishFrame | ErrorFrame | PongFrame
+
+
+def ack_frame(client_id: str, question_id: int, answer_id: int, conversation_id: int, duplicate: bool) -> AckFrame:
     return {
         "type": "ack",
         "client_id": client_id,
-        "message_id": question_id,
+        "question_id": question_id,
         "answer_id": answer_id,
         "conversation_id": conversation_id,
         "duplicate": duplicate,
     }
 
 
-def queued_frame(answer_id: int, position: int) -> dict:
-    return {"type": "queued", "message_id": answer_id, "position": position}
+def queued_frame(answer_id: int, position: int) -> QueuedFrame:
+    return {"type": "queued", "answer_id": answer_id, "position": position}
 
 
-def start_frame(answer_id: int, provider: str, model: str) -> dict:
+def start_frame(answer_id: int, provider: str, model: str) -> StartFrame:
+    return {"type": "start", "answer_id": answer_id, "provider": provider, "model": model}
+
+
+def status_frame(answer_id: int, stage: str) -> StatusFrame:
+    return {"type": "status", "answer_id": answer_id, "stage": stage}
+
+
+def delta_frame(answer_id: int, text: str) -> DeltaFrame:
+    return {"type": "delta", "answer_id": answer_id, "text": text}
+
+
+def answer_payload(answer: Message) -> AnswerPayload:
+    """The one serialisation of an answer, stored or just finished."""
     return {
-        "type": "start",
-        "message_id": answer_id,
-        "provider": provider,
-        "model": model,
+        "answer_id": answer.pk,
+        "status": answer.status,
+        "text": answer.text,
+        "html": render_answer(answer.text, len(answer.sources)),
+        "sources": answer.sources,
+        "timings": answer.timings,
+        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
+        "error_code": answer.error_code,
+        "provider": answer.provider,
+        "model": answer.model,
     }
 
 
-def status_frame(answer_id: int, stage: str) -> dict:
-    return {"type": "status", "message_id": answer_id, "stage": stage}
+def finish_frame(answer: Message) -> FinishFrame:
+    return {"type": "finish", **answer_payload(answer)}
 
 
-def delta_frame(answer_id: int, text: str) -> dict:
-    return {"type": "delta", "message_id": answer_id, "text": text}
-
-
-def finish_frame(
-    answer_id: int,
-    status: str,
-    text: str,
-    html: str,
-    sources: list,
-    timings: dict,
-    usage: dict,
-    error_code: str = "",
-) -> dict:
-    return {
-        "type": "finish",
-        "message_id": answer_id,
-        "status": status,
-        "text": text,
-        "html": html,
-        "sources": sources,
-        "timings": timings,
-        "usage": usage,
-        "error_code": error_code,
-    }
-
-
-def error_frame(
-    code: str,
-    message: str,
-    *,
-    client_id: str | None = None,
-    message_id: int | None = None,
-    retry_after: int | None = None,
-) -> dict:
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if retry_after is not None:
-        frame["retry_after"] = retry_after
+def error_frame(error: ChatError, *, client_id: str | None = None, answer_id: int | None = None) -> ErrorFrame:
+    frame: ErrorFrame = {"type": "error", "code": error.code, "message": error.user_message}
+    if error.retry_after is not None:
+        frame["retry_after"] = error.retry_after
     if client_id:
         frame["client_id"] = client_id
-    if message_id is not None:
-        frame["message_id"] = message_id
+    if answer_id is not None:
+        frame["answer_id"] = answer_id
     return frame
+
+
+def pong_frame() -> PongFrame:
+    return {"type": "pong"}

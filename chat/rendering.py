@@ -34,7 +34,3 @@ def render_answer(text: str, source_count: int) -> str:
         attributes=_ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},
     )
-
-
-def cited_numbers(text: str) -> set[int]:
-    return {int(n) for n in _CITATION.findall(text)}

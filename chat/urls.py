@@ -6,9 +6,5 @@ app_name = "chat"
 urlpatterns = [
     path("", views.home, name="home"),
     path("api/conversations/", views.conversation_list, name="conversation-list"),
-    path(
-        "api/conversations/<int:conversation_id>/",
-        views.conversation_detail,
-        name="conversation",
-    ),
+    path("api/conversations/<int:conversation_id>/", views.conversation_detail, name="conversation"),
 ]

@@ -11,10 +11,11 @@ from django.views.decorators.http import require_GET, require_http_methods
 from documents import embedding
 from documents.models import Collection
 
-from .actions import NotFound, access_conversation
+from .actions import access_conversation
+from .errors import NotFound
 from .llm import get_provider
 from .models import Conversation, Message
-from .rendering import render_answer
+from .protocol import answer_payload
 
 MAX_TITLE = 200
 
@@ -80,18 +81,10 @@ def _rename(request, conversation: Conversation) -> JsonResponse:
 
 
 def _messages(conversation: Conversation) -> list[dict]:
+    """Questions as ``{role, question_id, text}``; answers as the ``finish`` frame shows them."""
     return [
-        {
-            "id": m.pk,
-            "role": m.role,
-            "text": m.text,
-            "status": m.status,
-            "html": render_answer(m.text, len(m.sources)) if m.role == Message.Role.ASSISTANT else "",
-            "sources": m.sources,
-            "timings": m.timings,
-            "error_code": m.error_code,
-            "provider": m.provider,
-            "model": m.model,
-        }
+        {"role": m.role, **answer_payload(m)}
+        if m.role == Message.Role.ASSISTANT
+        else {"role": m.role, "question_id": m.pk, "text": m.text}
         for m in conversation.messages.all()
     ]

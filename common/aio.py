@@ -22,8 +22,4 @@ def per_loop(factory: Callable[[], T]) -> Callable[[], T]:
             instances[loop] = factory()
         return instances[loop]
 
-    def existing() -> list[T]:
-        return [value for loop, value in instances.items() if not loop.is_closed()]
-
-    get.existing = existing  # type: ignore[attr-defined]
     return get

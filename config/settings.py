@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -18,8 +20,13 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+N = TypeVar("N", int, float)
 
 
+@overload
+def env_str(name: str, default: str) -> str: ...
+@overload
+def env_str(name: str, default: None = None) -> str | None: ...
 def env_str(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return default if value is None else value
@@ -37,26 +44,21 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return _env_number(name, default, minimum, int, "an integer")
 
 
 def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    return _env_number(name, default, minimum, float, "a number")
+
+
+def _env_number(name: str, default: N, minimum: N, parse: Callable[[str], N], kind: str) -> N:
     raw = os.environ.get(name)
     if raw is None:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+        raise ImproperlyConfigured(f"{name} must be {kind}, got {raw!r}") from None
     if value < minimum:
         raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -172,7 +174,7 @@ _DB_OPTIONS = {
 }
 if DATABASE_URL:
     try:
-        _db = dj_database_url.parse(DATABASE_URL)
+        _db: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL))
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is invalid ({exc}): {mask_url(DATABASE_URL)}") from None
     _db["ENGINE"] = "django.db.backends.postgresql"
@@ -196,6 +198,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, channel layer, cache --------------------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
+# Rate limits, breakers, the cache and /readyz give up on Redis after this long: a Redis that
+# hangs must not hang a chat. (Not the channel layer: its reads block for seconds by design, and
+# chat answers never go through it.)
+REDIS_TIMEOUT = env_float("REDIS_TIMEOUT", 1.0, minimum=0.05)
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -207,7 +213,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+            "OPTIONS": {"socket_connect_timeout": REDIS_TIMEOUT, "socket_timeout": REDIS_TIMEOUT},
         }
     }
 else:

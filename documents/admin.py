@@ -7,8 +7,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from .actions import do_add_document, do_requeue
 from .forms import UploadForm
-from .ingest import do_add_document, do_requeue
 from .models import Chunk, Collection, Document
 
 

@@ -54,16 +54,8 @@ def _pieces(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> l
 
 
 def _split_words(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
-    out: list[str] = []
-    current: list[str] = []
-    for word in text.split():
-        if current and count_tokens(" ".join([*current, word])) > max_tokens:
-            out.append(" ".join(current))
-            current = []
-        current.append(word)
-    if current:
-        out.append(" ".join(current))
-    return out
+    # Word-piece counts add up over words joined by spaces, so packing words counts each once.
+    return _pack(text.split(), max_tokens, 0, count_tokens, joiner=" ")
 
 
 def _pack(
@@ -71,20 +63,23 @@ def _pack(
     max_tokens: int,
     overlap_tokens: int,
     count_tokens: Callable[[str], int],
+    joiner: str = "\n\n",
 ) -> list[str]:
+    """Consecutive ``pieces`` joined into chunks of at most ``max_tokens``, each starting with up to
+    ``overlap_tokens`` of the previous one's last sentences."""
     chunks: list[str] = []
     current: list[str] = []
     size = 0
     for piece in pieces:
         piece_tokens = count_tokens(piece)
         if current and size + piece_tokens > max_tokens:
-            chunks.append("\n\n".join(current))
+            chunks.append(joiner.join(current))
             current = _overlap_tail(current, overlap_tokens, max_tokens - piece_tokens, count_tokens)
             size = sum(count_tokens(p) for p in current)
         current.append(piece)
         size += piece_tokens
     if current:
-        chunks.append("\n\n".join(current))
+        chunks.append(joiner.join(current))
     return chunks
 
 

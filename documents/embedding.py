@@ -23,7 +23,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _model_lock = threading.Lock()
 _model: Any = None
-model_loads = 0  # how many times this process loaded the model (tests assert it stays 1)
 MAX_QUERY_BATCH = 64
 
 
@@ -38,7 +37,7 @@ def model_path() -> str:
 
 def get_model() -> Any:
     """The process-wide SentenceTransformer, loaded once on first call."""
-    global _model, model_loads
+    global _model
     if _model is None:
         with _model_lock:
             if _model is None:
@@ -48,7 +47,6 @@ def get_model() -> Any:
                 torch.set_num_threads(settings.EMBEDDING_TORCH_THREADS)
 
                 _model = SentenceTransformer(model_path(), device="cpu")
-                model_loads += 1
     return _model
 
 

@@ -345,7 +345,7 @@ def _html_blocks(root: Tag) -> Iterator[Block]:
         elif isinstance(node, NavigableString):
             if type(node) is NavigableString:  # not a comment, doctype, CDATA or script text
                 inline.append(node)
-        elif _skipped(node, in_piece):
+        elif not isinstance(node, Tag) or _skipped(node, in_piece):
             continue
         elif node.name in _HTML_HEADINGS or node.name == "pre":
             yield from _html_paragraph(inline)

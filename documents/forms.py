@@ -24,4 +24,5 @@ class MultipleFileField(forms.FileField):
 
 class UploadForm(forms.Form):
     collection = forms.ModelChoiceField(queryset=Collection.objects.order_by("name"))
-    files = MultipleFileField(help_text="PDF, DOCX, HTML, Markdown or text; several at once.")
+    # The field's name is the form's POST name; Form's own ``.files`` (the raw uploads) is another thing.
+    files = MultipleFileField(help_text="PDF, DOCX, HTML, Markdown or text; several at once.")  # type: ignore[assignment]

@@ -1,123 +1,29 @@
 """Ingestion pipeline: file → sections → chunks → embeddings → rows, one document at a time.
 
-A document is registered first (file stored, row ``pending``), then processed, either at once or
-by a background worker. Identical content in the same collection is registered once (sha256).
-Chunks of a document are replaced in one transaction, so a crash never leaves half a document
-searchable and a re-run after a crash never duplicates chunks.
+A document was registered first (``actions.py``: file stored, row ``pending``); this processes it,
+at once or in a background worker (``tasks.py``). Chunks of a document are replaced in one
+transaction, so a crash never leaves half a document searchable and a re-run after a crash never
+duplicates chunks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.postgres.search import SearchVector
-from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
 from . import embedding
 from .chunking import ChunkDraft, chunk_sections
 from .extract import ExtractionError, extract_sections, mime_for, title_for
-from .models import Chunk, Collection, Document
+from .models import Chunk, Document
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    document: Document
-    created: bool  # False when identical content was already there (nothing new registered)
-
-
-def do_add_document(
-    collection: Collection,
-    name: str,
-    data: bytes,
-    *,
-    source_path: str = "",
-    enqueue: bool = True,
-) -> IngestResult:
-    """Register a file in ``collection`` (stored, ``pending``) and, if ``enqueue``, queue its
-    processing. Identical content is not registered twice; a failed copy of it is retried."""
-    digest = hashlib.sha256(data).hexdigest()
-    existing = Document.objects.filter(collection=collection, sha256=digest).first()
-    if existing is not None:
-        if existing.status == Document.Status.FAILED and existing.file:
-            do_requeue(existing, enqueue=enqueue)
-        return IngestResult(existing, created=False)
-    previous = Document.objects.filter(collection=collection, source_path=source_path).first() if source_path else None
-    if previous is not None:
-        _replace_file(previous, name, data, digest, enqueue=enqueue)
-        return IngestResult(previous, created=True)
-    with transaction.atomic():
-        document = Document.objects.create(
-            collection=collection,
-            title=name[:300],
-            source_path=source_path,
-            sha256=digest,
-            size_bytes=len(data),
-        )
-        if len(data) > settings.MAX_UPLOAD_BYTES:
-            _mark_failed(
-                document,
-                f"the file is larger than the {_mb(settings.MAX_UPLOAD_BYTES)} MB limit",
-            )
-            return IngestResult(document, created=True)
-        document.file.save(Path(name).name or "upload", ContentFile(data), save=True)
-        if enqueue:
-            _enqueue(document)
-    return IngestResult(document, created=True)
-
-
-def _replace_file(document: Document, name: str, data: bytes, digest: str, *, enqueue: bool) -> None:
-    """The source file changed: store the new content and process it again. The old chunks stay
-    searchable until the new ones replace them in one transaction."""
-    with transaction.atomic():
-        document.sha256, document.size_bytes = digest, len(data)
-        document.file.save(Path(name).name, ContentFile(data), save=True)
-        do_requeue(document, enqueue=enqueue)
-
-
-def do_requeue(document: Document, *, enqueue: bool = True) -> None:
-    """Put a document back to ``pending`` (retry or reindex) and queue it."""
-    with transaction.atomic():
-        document.status, document.error, document.chunks_done = (
-            Document.Status.PENDING,
-            "",
-            0,
-        )
-        document.save()
-        if enqueue:
-            _enqueue(document)
-
-
-def _enqueue(document: Document) -> None:
-    from .tasks import ingest_document
-
-    document.task_id = str(ingest_document.enqueue(document.pk).id)
-    Document.objects.filter(pk=document.pk).update(task_id=document.task_id)
-
-
-def do_ingest_file(path: Path, collection: Collection, progress: Progress | None = None) -> IngestResult:
-    """Register and process one file now (commands, demo set-up); failures are recorded on the
-    document, not raised."""
-    result = do_add_document(
-        collection,
-        path.name,
-        path.read_bytes(),
-        source_path=str(path.resolve()),
-        enqueue=False,
-    )
-    if result.document.is_active:
-        do_process_document(result.document.pk, progress)
-        result.document.refresh_from_db()
-    return result
 
 
 def do_process_document(document_id: int, progress: Progress | None = None) -> None:
@@ -128,10 +34,10 @@ def do_process_document(document_id: int, progress: Progress | None = None) -> N
     try:
         _run_pipeline(document, progress)
     except ExtractionError as exc:
-        _mark_failed(document, str(exc))
+        document.mark_failed(str(exc))
     except Exception as exc:
         logger.exception("ingestion of document %s failed", document_id)
-        _mark_failed(document, f"internal error while ingesting ({type(exc).__name__})")
+        document.mark_failed(f"internal error while ingesting ({type(exc).__name__})")
 
 
 def _run_pipeline(document: Document, progress: Progress | None) -> None:
@@ -201,31 +107,3 @@ def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[
 def _set_status(document: Document, status: str) -> None:
     document.status = status
     document.save()
-
-
-def _mark_failed(document: Document, reason: str) -> None:
-    document.status, document.error = Document.Status.FAILED, reason
-    document.save()
-
-
-def _mb(size: int) -> int:
-    return size // (1024 * 1024)
-
-
-def find_files(paths: list[Path]) -> list[Path]:
-    """Files named in ``paths``, plus files of a supported type under the folders among them."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and _is_supported(p))
-        else:
-            found.append(path)  # named explicitly: an unsupported type fails with its reason
-    return found
-
-
-def _is_supported(path: Path) -> bool:
-    try:
-        mime_for(path)
-    except ExtractionError:
-        return False
-    return True

@@ -34,13 +34,25 @@ class Collection(models.Model):
         return self.name
 
 
+class DocumentStatus(models.TextChoices):
+    PENDING = "pending"
+    EXTRACTING = "extracting"
+    EMBEDDING = "embedding"
+    READY = "ready"
+    FAILED = "failed"
+
+
+IN_PROGRESS = frozenset({DocumentStatus.PENDING, DocumentStatus.EXTRACTING, DocumentStatus.EMBEDDING})
+
+
+class DocumentQuerySet(models.QuerySet):
+    def in_progress(self) -> DocumentQuerySet:
+        """Documents queued or being processed (not yet ready or failed)."""
+        return self.filter(status__in=IN_PROGRESS)
+
+
 class Document(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        EXTRACTING = "extracting"
-        EMBEDDING = "embedding"
-        READY = "ready"
-        FAILED = "failed"
+    Status = DocumentStatus
 
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
     title = models.CharField(max_length=300)
@@ -58,6 +70,8 @@ class Document(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = DocumentQuerySet.as_manager()
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
@@ -71,11 +85,13 @@ class Document(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.status in {
-            self.Status.PENDING,
-            self.Status.EXTRACTING,
-            self.Status.EMBEDDING,
-        }
+        """Queued or being processed (the row-level twin of ``Document.objects.in_progress()``)."""
+        return self.status in IN_PROGRESS
+
+    def mark_failed(self, reason: str) -> None:
+        """Failed with a one-line ``reason`` the uploader is shown; it can be retried."""
+        self.status, self.error = self.Status.FAILED, reason
+        self.save()
 
 
 class Chunk(models.Model):

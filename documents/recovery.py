@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_tasks.base import TaskResultStatus
 from django_tasks_db.models import DBTaskResult
 
-from .ingest import do_requeue
+from .actions import do_requeue
 from .models import Document, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -27,14 +27,7 @@ def requeue_orphaned_documents(stale_after: float | None = None) -> list[int]:
     task is not simply waiting in the queue; returns their ids."""
     cutoff = timezone.now() - timedelta(seconds=stale_after or settings.INGEST_STALE_SECONDS)
     requeued = []
-    for document in Document.objects.filter(
-        status__in=[
-            Document.Status.PENDING,
-            Document.Status.EXTRACTING,
-            Document.Status.EMBEDDING,
-        ],
-        updated_at__lt=cutoff,
-    ):
+    for document in Document.objects.in_progress().filter(updated_at__lt=cutoff):
         if _requeue_if_orphaned(document.pk, cutoff):
             requeued.append(document.pk)
     return requeued

@@ -6,6 +6,7 @@ iterative index scan keeps the filtered vector search from returning too few row
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import asdict, dataclass
 
 from django.conf import settings
@@ -85,7 +86,12 @@ def text_search(user, query_text: str, query_vector: list[float], k: int) -> lis
 
 def _exact_order(chunks) -> list[Chunk]:
     # relaxed_order lets the iterative scan return rows slightly out of order: re-sort them.
-    return sorted(chunks, key=lambda chunk: chunk.distance)
+    return sorted(chunks, key=_distance)
+
+
+def _distance(chunk: Chunk) -> float:
+    """The cosine distance the search queries annotate on each chunk."""
+    return float(chunk.distance)  # type: ignore[attr-defined]
 
 
 def _full_text(chunks, query_text: str):
@@ -107,7 +113,7 @@ def _tune_vector_scan() -> None:
         cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
 
 
-def fuse(rankings: list[list[Chunk]], k: int, keyword_ids: set[int] = frozenset()) -> list[Hit]:
+def fuse(rankings: list[list[Chunk]], k: int, keyword_ids: Set[int] = frozenset()) -> list[Hit]:
     """Reciprocal-rank fusion of several rankings of annotated chunks."""
     scores: dict[int, float] = {}
     chunks: dict[int, Chunk] = {}
@@ -127,7 +133,7 @@ def _hit(chunk: Chunk, score: float, keyword_match: bool) -> Hit:
         page=chunk.page,
         section=chunk.section,
         text=chunk.text,
-        similarity=round(1.0 - float(chunk.distance), 4),
+        similarity=round(1.0 - _distance(chunk), 4),
         score=round(score, 5),
         keyword_match=keyword_match,
     )

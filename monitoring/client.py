@@ -17,6 +17,12 @@ from django.core.management.base import CommandError
 
 
 class MonitoringClient:
+    @staticmethod
+    def add_arguments(parser) -> None:
+        """The options every command that talks to the server takes: where it is, and as whom."""
+        parser.add_argument("--url", default="http://127.0.0.1:8000")
+        parser.add_argument("--user", help="staff user to act as (default: the first staff user)")
+
     def __init__(self, base_url: str, username: str | None) -> None:
         self.base_url = base_url.rstrip("/")
         self.jar = http.cookiejar.CookieJar()
@@ -58,4 +64,5 @@ def _staff_session(username: str | None) -> str:
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.set_expiry(300)
     session.save()
+    assert session.session_key is not None  # save() assigned it
     return session.session_key

@@ -1,6 +1,6 @@
-"""Live figures of this server process: open connections, event-loop lag, DB pool, and one hour of
-samples for the dashboard's charts. A sampler task runs on the server's event loop, started by
-the first chat connection or dashboard view (never at import)."""
+"""Live figures of this server process: event-loop lag, DB pool, and one hour of samples for the
+dashboard's charts. A sampler task runs on the server's event loop, started by ``SamplerMiddleware``
+on the first connection of any kind (never at import)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import deque
 from django.conf import settings
 from django.db import connections
 
-from chat.limits import generation_slots
+from chat.slots import generation_slots
 from common.aio import per_loop
 
 from . import metrics
@@ -19,25 +19,11 @@ from . import metrics
 SAMPLE_EVERY = 10.0  # seconds between chart points: 360 points = one hour
 LAG_PROBE_EVERY = 0.5
 
-websocket_connections = 0
-
-
-def connection_opened() -> None:
-    global websocket_connections
-    websocket_connections += 1
-    metrics.ACTIVE_CONNECTIONS.set(websocket_connections)
-    sampler().ensure_running()
-
-
-def connection_closed() -> None:
-    global websocket_connections
-    websocket_connections = max(0, websocket_connections - 1)
-    metrics.ACTIVE_CONNECTIONS.set(websocket_connections)
-
 
 def pool_stats() -> dict:
     """psycopg_pool's own figures for the default database (zeros before the first connection)."""
-    pool = connections["default"].pool
+    # ``pool`` (Django 5.1+, postgresql backend) is not declared by django-stubs 5.2.9.
+    pool = connections["default"].pool  # type: ignore[attr-defined]
     if pool is None:
         return {"enabled": False}
     stats = pool.get_stats()
@@ -86,8 +72,8 @@ class Sampler:
         refreshes the gauges (the answer and error counts of the next point stay whole)."""
         pool = pool_stats()
         slots = generation_slots()
-        answers = metrics.answers_finished
-        errors = sum(metrics.errors_by_code.values())
+        answers = metrics.answers_finished()
+        errors = sum(metrics.errors_by_code().values())
         point = {
             "t": round(time.time(), 1),
             "pool_in_use": pool.get("in_use", 0),
@@ -99,7 +85,7 @@ class Sampler:
             "errors": errors - self._errors_seen,
             "p95_total": metrics.rolling["total"].summary()["p95"],
             "p95_first_token": metrics.rolling["first_token"].summary()["p95"],
-            "tokens": metrics.tokens_streamed,
+            "tokens": metrics.tokens_streamed(),
         }
         if record:
             self._answers_seen, self._errors_seen = answers, errors
@@ -112,3 +98,16 @@ class Sampler:
 
 
 sampler = per_loop(Sampler)
+
+
+class SamplerMiddleware:
+    """ASGI middleware: makes sure the sampler of the serving event loop runs (a cheap check per
+    connection), so the charts have history whether or not anyone watches the dashboard."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            sampler().ensure_running()
+        return await self.app(scope, receive, send)

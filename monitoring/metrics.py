@@ -1,25 +1,27 @@
 """Our Prometheus metrics (exported with django-prometheus' own at /metrics) and the in-process
-rolling figures the dashboard shows (p50/p95 over 5 minutes, one hour of samples for charts).
+rolling windows the dashboard's percentiles come from (p50/p95 over 5 minutes).
 
-The hot path only calls the small ``record_*`` functions: a histogram observation and an append.
+The product reports through the small ``record_*`` and ``connection_*`` functions only (a counter
+increment, a histogram observation, an append), and this module imports nothing of the project,
+so any app can report without depending on the monitoring app. Each figure has one store: the
+dashboard reads the same counters Prometheus scrapes.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter as PyCounter
 from collections import deque
 from statistics import quantiles
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 WINDOW_SECONDS = 300
 
+# Answers: latency by stage, outcome, volume.
 TIME_TO_FIRST_TOKEN = Histogram(
-    "docchat_time_to_first_token_seconds",
-    "Question to first answer token",
-    buckets=LATENCY_BUCKETS,
+    "docchat_time_to_first_token_seconds", "Question to first answer token", buckets=LATENCY_BUCKETS
 )
 ANSWER_TOTAL = Histogram("docchat_answer_seconds", "Question to finished answer", buckets=LATENCY_BUCKETS)
 RETRIEVAL = Histogram("docchat_retrieval_seconds", "Hybrid search time", buckets=LATENCY_BUCKETS)
@@ -27,22 +29,18 @@ EMBEDDING = Histogram("docchat_query_embedding_seconds", "Query embedding time",
 TOKENS = Counter("docchat_tokens_streamed_total", "Answer deltas streamed to clients")
 ANSWERS = Counter("docchat_answers_total", "Finished answers by status", ["status"])
 ERRORS = Counter("docchat_errors_total", "Error frames sent, by code", ["code"])
-INGESTED_CHUNKS = Counter("docchat_ingested_chunks_total", "Chunks embedded and stored by ingestion")
+
+# Load on this process: sockets, generation slots, the event loop.
 ACTIVE_CONNECTIONS = Gauge("docchat_websocket_connections", "Open chat WebSocket connections")
 ACTIVE_GENERATIONS = Gauge("docchat_active_generations", "Answers holding a generation slot")
 QUEUE_DEPTH = Gauge("docchat_generation_queue_depth", "Answers waiting for a generation slot")
-LOOP_LAG = Gauge(
-    "docchat_event_loop_lag_seconds",
-    "How late the event loop ran a 0.5 s timer (last sample)",
-)
+LOOP_LAG = Gauge("docchat_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer (last sample)")
+
+# Dependencies: the DB pool and the circuit breakers.
 POOL_SIZE = Gauge("docchat_db_pool_size", "Connections the pool holds")
 POOL_IN_USE = Gauge("docchat_db_pool_in_use", "Pool connections lent out")
 POOL_WAITING = Gauge("docchat_db_pool_waiting", "Requests waiting for a pool connection")
-BREAKER_OPEN = Gauge(
-    "docchat_circuit_breaker_open",
-    "1 if the breaker is open (or half-open), else 0",
-    ["name"],
-)
+BREAKER_OPEN = Gauge("docchat_circuit_breaker_open", "1 if the breaker is open (or half-open), else 0", ["name"])
 
 
 class Rolling:
@@ -70,18 +68,20 @@ class Rolling:
 
 
 rolling = {name: Rolling() for name in ("first_token", "total", "retrieval", "embedding")}
-errors_by_code: PyCounter[str] = PyCounter()
-tokens_streamed = 0
-answers_finished = 0
+
+
+def connection_opened() -> None:
+    ACTIVE_CONNECTIONS.inc()
+
+
+def connection_closed() -> None:
+    ACTIVE_CONNECTIONS.dec()
 
 
 def record_answer(status: str, timings: dict[str, float], deltas: int) -> None:
     """One finished answer: its status, stage timings (seconds since the question) and deltas."""
-    global tokens_streamed, answers_finished
-    answers_finished += 1
     ANSWERS.labels(status).inc()
     TOKENS.inc(deltas)
-    tokens_streamed += deltas
     if "first_token" in timings:
         TIME_TO_FIRST_TOKEN.observe(timings["first_token"])
         rolling["first_token"].add(timings["first_token"])
@@ -100,8 +100,39 @@ def record_answer(status: str, timings: dict[str, float], deltas: int) -> None:
 
 def record_error(code: str) -> None:
     ERRORS.labels(code).inc()
-    errors_by_code[code] += 1
 
 
 def latency_summary() -> dict:
     return {name: window.summary() for name, window in rolling.items()}
+
+
+# --- reading the figures back (dashboard, alerts) ------------------------------------------------
+def values(metric: MetricWrapperBase, label: str | None = None) -> dict[str, float]:
+    """Current value of ``metric`` in this process, by the value of ``label`` ("" if unlabelled)."""
+    wanted = {metric._name, metric._name + "_total"}  # counters export NAME_total (and NAME_created)
+    return {
+        sample.labels.get(label, "") if label else "": sample.value
+        for family in metric.collect()
+        for sample in family.samples
+        if sample.name in wanted
+    }
+
+
+def value(metric: MetricWrapperBase) -> float:
+    return sum(values(metric).values())
+
+
+def errors_by_code() -> dict[str, int]:
+    return {code: int(n) for code, n in values(ERRORS, "code").items()}
+
+
+def answers_finished() -> int:
+    return int(value(ANSWERS))
+
+
+def tokens_streamed() -> int:
+    return int(value(TOKENS))
+
+
+def websocket_connections() -> int:
+    return int(value(ACTIVE_CONNECTIONS))

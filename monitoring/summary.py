@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -13,9 +14,9 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from chat.breakers import breakers
-from chat.limits import generation_slots
 from chat.llm import get_provider
 from chat.ratelimit import question_limiter
+from chat.slots import generation_slots
 from documents.models import Document
 from documents.recovery import live_workers
 
@@ -29,12 +30,12 @@ async def build_summary() -> dict:
     live.sampler().ensure_running()
     slots = generation_slots()
     provider = get_provider()
-    summary = {
+    summary: dict[str, Any] = {
         "generated_at": time.time(),
         "pool": {**live.pool_stats(), **await sync_to_async(_postgres_connections)()},
         "breakers": await breakers().describe(),
         "streams": {
-            "websocket_connections": live.websocket_connections,
+            "websocket_connections": metrics.websocket_connections(),
             "active_generations": slots.active,
             "queued": slots.queued,
             "capacity": slots.capacity,
@@ -46,7 +47,7 @@ async def build_summary() -> dict:
         },
         "latency": metrics.latency_summary(),
         "tokens_per_second": _tokens_per_second(),
-        "errors_by_code": dict(metrics.errors_by_code),
+        "errors_by_code": metrics.errors_by_code(),
         "llm": {"provider": provider.name, "model": provider.model},
         "redis": _redis_state(),
         "series": list(live.sampler().samples),
@@ -87,13 +88,7 @@ def job_counts() -> dict:
                 status=Document.Status.FAILED, updated_at__gte=hour_ago
             ).count(),
             "workers_alive": live_workers(),
-            "documents_in_progress": Document.objects.filter(
-                status__in=[
-                    Document.Status.PENDING,
-                    Document.Status.EXTRACTING,
-                    Document.Status.EMBEDDING,
-                ]
-            ).count(),
+            "documents_in_progress": Document.objects.in_progress().count(),
         }
     finally:
         connection.close()

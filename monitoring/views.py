@@ -18,6 +18,7 @@ from django_prometheus.exports import ExportToDjangoView
 from django_tasks_db.models import DBTaskResult
 
 from chat.breakers import NAMES, breakers
+from common import redis
 from documents import embedding
 from documents.recovery import live_workers
 
@@ -100,11 +101,8 @@ def _check_worker() -> dict:
 
 
 def _check_redis() -> dict:
-    import redis
-
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-        client.ping()
+        redis.ping()
         return {"ok": True}
     except Exception as exc:
         return {"ok": False, "error": f"redis unreachable ({type(exc).__name__})"}

@@ -78,7 +78,7 @@ def operator(transactional_db):
 
 
 def make_collection(name: str, owner, files: dict[str, str], tmp_path: Path, *, public=False, members=()):
-    from documents.ingest import do_ingest_file
+    from documents.actions import do_ingest_file
     from documents.models import Collection
 
     collection = Collection.objects.create(name=name, owner=owner, is_public=public)

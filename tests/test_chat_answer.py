@@ -25,7 +25,7 @@ async def test_it_streams_a_cited_answer_and_persists_both_messages(people, chat
     assert finish["usage"]["completion_tokens"] == 20
     assert {"embedding", "retrieval", "first_token", "total"} <= set(finish["timings"])
 
-    answer = await database_sync_to_async(Message.objects.select_related("reply_to").get)(pk=finish["message_id"])
+    answer = await database_sync_to_async(Message.objects.select_related("reply_to").get)(pk=finish["answer_id"])
     assert answer.status == "complete" and answer.text == finish["text"]
     assert answer.reply_to.text == "How far do zebras migrate?"
     assert answer.provider == "groq" and answer.model == "fake-model"

@@ -40,7 +40,7 @@ async def test_it_stops_on_request_and_keeps_the_partial_answer(people, chat_cli
         await client.ask(LONG)
         ack = await client.receive()
         await client.until("delta")
-        await client.send({"type": "stop", "message_id": ack["answer_id"]})
+        await client.send({"type": "stop", "answer_id": ack["answer_id"]})
         finish, _ = await client.until("finish")
         assert finish["status"] == "stopped"
         assert finish["text"]
@@ -74,7 +74,7 @@ async def test_it_fails_clearly_when_the_stream_is_cut(people, chat_client, fake
         assert finish["status"] == "failed"
         ok, _ = await client.answer("Where do zebras migrate?")
         assert ok["status"] == "complete"
-    answer = await database_sync_to_async(Message.objects.get)(pk=finish["message_id"])
+    answer = await database_sync_to_async(Message.objects.get)(pk=finish["answer_id"])
     assert answer.status == "failed" and answer.error_code == "llm_stream_cut"
 
 

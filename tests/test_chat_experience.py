@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 from channels.db import database_sync_to_async
+from django.test import AsyncClient
 
 from chat.models import Conversation, Message
 from chat.rendering import render_answer
@@ -40,10 +41,27 @@ async def test_it_records_a_resent_question_once_and_replays_its_answer(people, 
         await again.ask("Where do zebras migrate?", client_id=client_id)
         ack = await again.receive()
         replay = await again.receive()
-    assert ack["duplicate"] is True and ack["answer_id"] == finish["message_id"]
+    assert ack["duplicate"] is True and ack["answer_id"] == finish["answer_id"]
     assert replay["type"] == "finish" and replay["text"] == finish["text"]
     assert await database_sync_to_async(Message.objects.filter(client_id=client_id).count)() == 1
     assert await database_sync_to_async(Message.objects.count)() == 2
+
+
+@pytest.mark.asyncio
+async def test_it_shows_an_answer_the_same_way_live_and_reloaded(people, chat_client, fake_groq):
+    async with chat_client(people["alice"]) as client:
+        finish, frames = await client.answer("Where do zebras migrate?")
+    ack = frames[0]
+    assert ack["type"] == "ack" and "message_id" not in ack
+    assert all(frame["answer_id"] == ack["answer_id"] for frame in frames[1:])  # one name, one id
+
+    http = AsyncClient()
+    await http.aforce_login(people["alice"])
+    reloaded = (await http.get(f"/api/conversations/{ack['conversation_id']}/")).json()["messages"]
+    question, answer = reloaded
+    assert question == {"role": "user", "question_id": ack["question_id"], "text": "Where do zebras migrate?"}
+    assert answer == {"role": "assistant", **{key: value for key, value in finish.items() if key != "type"}}
+    assert answer["sources"] and "<p>" in answer["html"]
 
 
 @pytest.mark.asyncio

@@ -34,7 +34,7 @@ BAD_FRAMES = [
         "invalid_field",
     ),
     (json.dumps({"type": "stop"}), "missing_field"),
-    (json.dumps({"type": "stop", "message_id": 999999}), "not_found"),
+    (json.dumps({"type": "stop", "answer_id": 999999}), "not_found"),
 ]
 
 

@@ -35,7 +35,7 @@ async def ws_chat(server: LiveServer, cookie: str, text: str, streaming: asyncio
             frames.append(json.loads(await ws.recv()))
             if frames[-1]["type"] == "delta" and streaming and len([f for f in frames if f["type"] == "delta"]) == 1:
                 streaming.release()
-            if frames[-1]["type"] == "finish" or (frames[-1]["type"] == "error" and "message_id" not in frames[-1]):
+            if frames[-1]["type"] == "finish" or (frames[-1]["type"] == "error" and "answer_id" not in frames[-1]):
                 return frames
 
 

@@ -10,8 +10,8 @@ import pytest
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
+from documents.actions import do_ingest_file
 from documents.extract import HTML, extract_sections, mime_for
-from documents.ingest import do_ingest_file
 from documents.models import Chunk, Collection, Document
 from tests.conftest import make_user
 

@@ -3,10 +3,10 @@
 import pytest
 from django.core.management import call_command
 
+from documents.actions import do_ingest_file
 from documents.chunking import chunk_sections
 from documents.embedding import count_tokens
 from documents.extract import Section, markdown_sections
-from documents.ingest import do_ingest_file
 from documents.models import Chunk, Collection, Document
 from tests.conftest import make_user
 

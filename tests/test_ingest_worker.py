@@ -11,10 +11,10 @@ import pytest
 from django.core.management import call_command
 from django_tasks_db.models import DBTaskResult
 
+from documents.actions import do_add_document
 from documents.chunking import chunk_sections
 from documents.embedding import count_tokens
 from documents.extract import markdown_sections
-from documents.ingest import do_add_document
 from documents.models import Chunk, Collection, Document
 from tests.conftest import make_staff, subprocess_env
 

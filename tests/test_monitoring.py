@@ -8,6 +8,7 @@ from django.db import connections
 from django.test import AsyncClient
 
 from chat.breakers import breakers
+from monitoring import live, metrics
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -115,6 +116,14 @@ async def test_it_counts_active_streams_during_concurrent_chats(people, staff, c
     assert max(peaks) >= 5
     after = (await client.get("/monitoring/api/streams")).json()["streams"]
     assert after["active_generations"] == 0 and after["queued"] == 0 and after["websocket_connections"] == 0
+
+
+async def test_it_samples_from_the_first_chat_without_anyone_on_the_dashboard(people, chat_client):
+    async with chat_client(people["alice"]) as chat:
+        await chat.answer("Where do zebras migrate?")
+        task = live.sampler().task  # started by the ASGI app's middleware, not by the chat code
+        assert task is not None and not task.done()
+        assert metrics.websocket_connections() >= 1
 
 
 async def test_it_raises_and_clears_alerts_on_thresholds(staff, settings):

@@ -63,7 +63,7 @@ async def test_it_does_not_count_a_stopped_answer_as_an_llm_failure(people, chat
         await client.ask("[[fake tokens=300 delay=0.02]] Where do zebras migrate?")
         ack = await client.receive()
         await client.until("delta")
-        await client.send({"type": "stop", "message_id": ack["answer_id"]})
+        await client.send({"type": "stop", "answer_id": ack["answer_id"]})
         await client.until("finish")
         finish, _ = await client.answer("Where do zebras migrate?")
     assert finish["status"] == "complete"

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypedDict
+from typing import TypedDict
+
+from django.conf import settings
+
+from ..errors import ChatError
 
 
 class ChatMessage(TypedDict):
@@ -14,24 +19,30 @@ class ChatMessage(TypedDict):
     content: str
 
 
-class LLMError(Exception):
-    """Base of provider errors; ``code`` is what the user's error frame carries."""
+class LLMError(ChatError):
+    """Base of provider errors; ``str(exc)`` is the detail for the logs."""
 
     code = "llm_error"
     user_message = "The language model failed to answer."
 
 
 class LLMTimeout(LLMError):
+    """No first token, no next token, or no end in time (our guard), or the API timed out."""
+
     code = "llm_timeout"
     user_message = "The language model took too long to answer."
 
 
 class LLMUnavailable(LLMError):
+    """The provider refused or failed the request (connection, HTTP status, model error)."""
+
     code = "llm_unavailable"
     user_message = "The language model is unavailable right now."
 
 
 class LLMStreamCut(LLMError):
+    """The stream ended before the provider said it was finished."""
+
     code = "llm_stream_cut"
     user_message = "The answer stream was interrupted."
 
@@ -50,13 +61,22 @@ class Generation:
     finish_reason: str | None = None
 
 
-class LLMProvider(Protocol):
+class LLMProvider(ABC):
+    """What the answering code may rely on. The defaults suit a remote API; a local model on a
+    small CPU overrides them."""
+
     name: str
     model: str
+    max_concurrency: int | None = None  # generations it can run at once; None: no cap of its own
+    max_prompt_sources: int | None = None  # passages in the prompt; None: every retrieved one
 
+    @property
+    def first_token_timeout(self) -> float:
+        return settings.LLM_FIRST_TOKEN_TIMEOUT
+
+    @abstractmethod
     def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         """Yield text deltas of the answer; fill ``generation`` with usage when known."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -15,22 +15,12 @@ from django.conf import settings
 
 from common.aio import per_loop
 
-from .base import (
-    ChatMessage,
-    Generation,
-    LLMError,
-    LLMStreamCut,
-    LLMTimeout,
-    LLMUnavailable,
-)
-
-client_creations = 0  # tests assert the client is created once per event loop
+from .base import ChatMessage, Generation, LLMError, LLMProvider, LLMStreamCut, LLMTimeout, LLMUnavailable
 
 
 def _make_client() -> groq.AsyncGroq:
     """An AsyncGroq client whose HTTP pool is sized above the generation limit (the SDK's
     default of 100 connections made half of 200 concurrent chats wait a whole answer)."""
-    global client_creations
     limits = httpx.Limits(
         max_connections=settings.LLM_HTTP_MAX_CONNECTIONS,
         max_keepalive_connections=settings.LLM_HTTP_MAX_CONNECTIONS,
@@ -42,7 +32,6 @@ def _make_client() -> groq.AsyncGroq:
         write=10.0,
         pool=settings.GENERATION_QUEUE_TIMEOUT,
     )
-    client_creations += 1
     return groq.AsyncGroq(
         api_key=settings.GROQ_API_KEY,
         base_url=settings.GROQ_BASE_URL,
@@ -57,7 +46,7 @@ def _make_client() -> groq.AsyncGroq:
 get_client = per_loop(_make_client)
 
 
-class GroqProvider:
+class GroqProvider(LLMProvider):
     name = "groq"
 
     def __init__(self, model: str) -> None:

@@ -19,12 +19,11 @@ from typing import Any
 
 from django.conf import settings
 
-from .base import ChatMessage, Generation, LLMUnavailable
+from .base import ChatMessage, Generation, LLMProvider, LLMUnavailable
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _lock = threading.Lock()
 _model: Any = None
-model_loads = 0
 _DONE = object()
 
 
@@ -37,7 +36,7 @@ def gguf_path() -> Path:
 
 
 def get_model() -> Any:
-    global _model, model_loads
+    global _model
     if _model is None:
         with _lock:
             if _model is None:
@@ -49,7 +48,6 @@ def get_model() -> Any:
                     n_threads=settings.LLM_LOCAL_THREADS,
                     verbose=False,
                 )
-                model_loads += 1
                 # Free it before interpreter teardown, when llama.cpp's own finaliser would fail.
                 atexit.register(_model.close)
     return _model
@@ -60,7 +58,7 @@ def executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
 
 
-class LocalProvider:
+class LocalProvider(LLMProvider):
     name = "local"
     model = "SmolLM2-135M-Instruct"
     max_concurrency = 1  # one generation at a time per model instance
@@ -72,7 +70,7 @@ class LocalProvider:
 
     async def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[object] = asyncio.Queue()  # text deltas, then an exception or _DONE
         stop = threading.Event()
 
         def put(item: object) -> None:
@@ -82,11 +80,11 @@ class LocalProvider:
         try:
             while True:
                 item = await queue.get()
-                if item is _DONE:
-                    break
                 if isinstance(item, BaseException):
                     raise LLMUnavailable(f"the local model failed: {item}") from item
-                yield item  # type: ignore[misc]
+                if not isinstance(item, str):  # _DONE
+                    break
+                yield item
         finally:
             stop.set()
             await asyncio.shield(work)

@@ -7,7 +7,7 @@
   const state = {
     ws: null, backoff: 500, conversationId: null,
     pending: new Map(),   // client_id -> ask frame not yet acknowledged (resent after reconnect)
-    answers: new Map(),   // answer message_id -> {el, text}
+    answers: new Map(),   // answer_id -> {el, text}
     active: new Set(),    // answer ids still streaming
   };
 
@@ -100,29 +100,29 @@
       if (!m.duplicate) { state.active.add(m.answer_id); updateStop(); }
       else a.status.textContent = "already asked; loading the answer…";
     },
-    queued(m) { answerView(m.message_id).status.textContent = "waiting for a free slot (position " + m.position + ")…"; },
-    start(m) { answerView(m.message_id).status.textContent = "searching your documents…"; },
+    queued(m) { answerView(m.answer_id).status.textContent = "waiting for a free slot (position " + m.position + ")…"; },
+    start(m) { answerView(m.answer_id).status.textContent = "searching your documents…"; },
     status(m) {
       const labels = { generating: "writing…", degraded: "the model is unavailable: showing the best passages instead" };
-      answerView(m.message_id).status.textContent = labels[m.stage] || m.stage;
+      answerView(m.answer_id).status.textContent = labels[m.stage] || m.stage;
     },
     delta(m) {
       const wasNear = nearBottom();
-      const a = answerView(m.message_id);
+      const a = answerView(m.answer_id);
       a.text += m.text; a.body.textContent = a.text;   // plain text while streaming
       a.status.textContent = "writing…";
       scrollIfFollowing(wasNear);
     },
     finish(m) {
       const wasNear = nearBottom();
-      state.active.delete(m.message_id); updateStop();
-      showFinished(answerView(m.message_id), m);
+      state.active.delete(m.answer_id); updateStop();
+      showFinished(answerView(m.answer_id), m);
       scrollIfFollowing(wasNear);
       refreshSidebar();
     },
     error(m) {
       if (m.client_id) state.pending.delete(m.client_id);
-      const target = m.message_id ? answerView(m.message_id) : null;
+      const target = m.answer_id ? answerView(m.answer_id) : null;
       if (target) { target.status.textContent = "error: " + m.message; target.el.classList.add("failed"); }
       else { const e = el("div", "msg error", m.message + (m.retry_after ? " (retry in " + m.retry_after + " s)" : "")); messagesEl.appendChild(e); }
     },
@@ -180,8 +180,8 @@
     let unfinished = false;
     for (const m of data.messages) {
       if (m.role === "user") { addQuestion(m.text); continue; }
-      const a = answerView(m.id);
-      if (m.status === "pending" || m.status === "streaming") {
+      const a = answerView(m.answer_id);
+      if (m.status === "pending") {
         a.status.textContent = "still being answered…"; unfinished = true; continue;
       }
       showFinished(a, m);
@@ -244,7 +244,7 @@
     send(frame);
   });
   input.addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); form.requestSubmit(); } });
-  stopBtn.addEventListener("click", () => { for (const id of state.active) send({ type: "stop", message_id: id }); });
+  stopBtn.addEventListener("click", () => { for (const id of state.active) send({ type: "stop", answer_id: id }); });
 
   const match = location.hash.match(/^#c(\d+)$/);
   if (match) state.conversationId = Number(match[1]);

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from chat.actions import do_record_question
 from chat.answering import answer_question
+from chat.protocol import FinishFrame, OutgoingFrame
 from common.db import db_async
 
 
@@ -36,23 +37,22 @@ class Command(BaseCommand):
         asked = await db_async(do_record_question)(account, conversation, question, str(uuid.uuid4()))
         outcome: dict = {}
 
-        async def show(frame: dict) -> None:
-            kind = frame["type"]
-            if kind == "delta":
+        async def show(frame: OutgoingFrame) -> None:
+            if frame["type"] == "delta":
                 sys.stdout.write(frame["text"])
                 sys.stdout.flush()
-            elif kind == "queued":
+            elif frame["type"] == "queued":
                 self.stderr.write(f"(queued, position {frame['position']})")
-            elif kind == "error":
+            elif frame["type"] == "error":
                 outcome["error"] = frame["message"]
-            elif kind == "finish":
+            elif frame["type"] == "finish":
                 outcome.update(frame)
                 self._print_sources(frame)
 
         await answer_question(account, asked, show)
         return outcome
 
-    def _print_sources(self, frame: dict) -> None:
+    def _print_sources(self, frame: FinishFrame) -> None:
         self.stdout.write("\n")
         for source in frame["sources"]:
             where = ", ".join(
@@ -66,4 +66,4 @@ class Command(BaseCommand):
             )
             self.stdout.write(f"[{source['n']}] {where} (similarity {source['similarity']:.2f})")
         timings = frame["timings"]
-        self.stdout.write(self.style.NOTICE(f"answer #{frame['message_id']}: {frame['status']} · timings {timings}"))
+        self.stdout.write(self.style.NOTICE(f"answer #{frame['answer_id']}: {frame['status']} · timings {timings}"))

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from documents.ingest import do_add_document, do_ingest_file, find_files
+from documents.actions import do_add_document, do_ingest_file, find_files
 from documents.models import Collection, Document
 
 

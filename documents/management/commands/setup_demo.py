@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from documents.ingest import do_ingest_file, find_files
+from documents.actions import do_ingest_file, find_files
 from documents.models import Collection
 
 DEMO_COLLECTION = "DocChat handbook"

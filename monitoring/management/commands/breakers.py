@@ -9,8 +9,7 @@ class Command(BaseCommand):
     help = "Show the running server's circuit breakers, or --reset NAME (llm, embedding, retrieval)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--url", default="http://127.0.0.1:8000")
-        parser.add_argument("--user", help="staff user to act as (default: the first staff user)")
+        MonitoringClient.add_arguments(parser)
         parser.add_argument("--reset", metavar="NAME")
 
     def handle(self, *args, url, user, reset, **options):

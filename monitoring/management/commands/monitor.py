@@ -12,8 +12,7 @@ class Command(BaseCommand):
     help = "Live terminal view of the running server's monitoring summary (--once: print JSON and exit)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--url", default="http://127.0.0.1:8000")
-        parser.add_argument("--user", help="staff user to act as (default: the first staff user)")
+        MonitoringClient.add_arguments(parser)
         parser.add_argument("--once", action="store_true")
         parser.add_argument("--interval", type=float, default=2.0)
 

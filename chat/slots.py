@@ -1,5 +1,7 @@
-"""Bounded concurrency for generations: a fixed number of slots, then a FIFO queue whose
-position each waiting user is told; waiting longer than the queue timeout is an error, not a hang."""
+"""Generation slots: bounded concurrency for answers. A fixed number of slots, then a FIFO queue
+whose position each waiting user is told; waiting longer than the queue timeout is an error, not a
+hang. Also the per-user count of answers in progress. (The per-minute question rate limit is
+``ratelimit.py``.)"""
 
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ from django.conf import settings
 
 from common.aio import per_loop
 
+from .errors import ChatError
+from .llm import get_provider
 
-class GenerationQueueTimeout(Exception):
+
+class GenerationQueueTimeout(ChatError):
     code = "busy"
     user_message = "The server is busy; your question waited too long for a free slot. Please retry."
 
@@ -71,23 +76,20 @@ class GenerationSlots:
 
 
 def _make_slots() -> GenerationSlots:
-    from .llm import get_provider
-
-    provider_cap = getattr(get_provider(), "max_concurrency", None)
     capacity = settings.MAX_CONCURRENT_GENERATIONS
+    provider_cap = get_provider().max_concurrency
     return GenerationSlots(min(capacity, provider_cap) if provider_cap else capacity)
 
 
 generation_slots = per_loop(_make_slots)
 
 
-class TooManyGenerations(Exception):
+class TooManyGenerations(ChatError):
     code = "too_many_generations"
 
-    @property
-    def user_message(self) -> str:
-        return (
-            f"You already have {settings.MAX_GENERATIONS_PER_USER} answers in progress; "
+    def __init__(self) -> None:
+        super().__init__(
+            user_message=f"You already have {settings.MAX_GENERATIONS_PER_USER} answers in progress; "
             "wait for one to finish or stop it."
         )
 

@@ -1,0 +1,55 @@
+"""Redis as the project uses it: one timeout for every client, and one fallback policy.
+
+A Redis that hangs must not hang a chat, so our clients give up after ``REDIS_TIMEOUT`` seconds.
+A store shared through Redis (rate limits, circuit breakers) that cannot reach it falls back to
+this process's memory for ``FALLBACK_SECONDS`` before trying Redis again, logged and visible in
+monitoring, rather than failing or stalling the chat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+FALLBACK_SECONDS = 30.0
+
+
+def timeout_options() -> dict[str, Any]:
+    """Keyword arguments for a redis-py client (or pool) built from ``settings.REDIS_URL``."""
+    return {"socket_timeout": settings.REDIS_TIMEOUT, "socket_connect_timeout": settings.REDIS_TIMEOUT}
+
+
+def url_with_timeouts(url: str) -> str:
+    """``url`` carrying the same timeouts, for libraries that only take a URL."""
+    separator = "&" if "?" in url else "?"
+    query = "&".join(f"{name}={value}" for name, value in timeout_options().items())
+    return f"{url}{separator}{query}"
+
+
+def ping() -> None:
+    """Raise if Redis does not answer within the timeout (readiness)."""
+    import redis
+
+    if not settings.REDIS_URL:
+        raise RuntimeError("REDIS_URL is not set")
+    redis.Redis.from_url(settings.REDIS_URL, **timeout_options()).ping()
+
+
+class LocalFallback:
+    """Whether a Redis-shared store of this process is on local memory for now, and until when."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.until = 0.0
+
+    @property
+    def active(self) -> bool:
+        return time.monotonic() < self.until
+
+    def start(self) -> None:
+        logger.warning("Redis unreachable for %s; using this process's memory for %ss", self.what, FALLBACK_SECONDS)
+        self.until = time.monotonic() + FALLBACK_SECONDS
