@@ -1,4 +1,4 @@
-# Image for the web (daphne) and worker processes. Build: docker compose build
+# Image for the web (manage.py serve: uvicorn) and worker processes. Build: docker compose build
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake && rm -rf /var/lib/apt/lists/*
@@ -11,4 +11,4 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
 COPY . .
 RUN DJANGO_PRODUCTION=1 DJANGO_SECRET_KEY=build-only-not-used-at-run-time python manage.py collectstatic --noinput -v 0
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
+CMD ["python", "manage.py", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -34,7 +34,7 @@ run: setup
 	@echo "DocChat on http://$(HOST):$(PORT)/ (Ctrl-C stops it); background worker started beside it"
 	$(PY) manage.py worker --no-startup-delay & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) config.asgi:application
+	$(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 test: $(TEST_INSTALLED)
 	$(PY) -m pytest

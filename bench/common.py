@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: Django on a bench database, the machine's load, the run's header.
+"""What the benchmark scripts share: Django on a bench database, the machine's load and processes'
+CPU, the run's header, statistics and table cells.
 
 Imported as ``bench.common``, never as ``common``: that is the product's package (``common/aio.py``,
 ``common/db.py``), which the product's own modules import while a benchmark runs them in-process. So
@@ -41,11 +42,66 @@ def setup_django(database: str) -> None:
     call_command("migrate", verbosity=0, interactive=False)
 
 
-# --- machine load -----------------------------------------------------------------------------
+# --- machine load, processes' CPU -------------------------------------------------------------
 def machine_cpu_seconds() -> float:
     """Busy CPU time of the whole machine so far (all cores, idle and iowait excluded)."""
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces): [0] is the
+    state, [1] the parent's pid, [11]/[12] user/system CPU ticks, [13]/[14] those of its reaped
+    children, [19] the start time."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """User + system CPU time of a process (all its threads) so far; with ``reaped_children``, plus
+    that of its children that have exited and been waited for."""
+    fields = _stat_fields(pid)
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def start_time(pid: int) -> int | None:
+    """When a process started (in ticks since boot), which tells it apart from a later one given
+    the same pid; None if it no longer exists."""
+    try:
+        return int(_stat_fields(pid)[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants alive now, found by walking the parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            children.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            continue
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time so far of ``root`` and all its descendants, those that exited included (a child's
+    time moves into its parent's reaped-children figure when it is waited for, so the sum does not
+    drop when a worker process exits)."""
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            total += cpu_seconds(pid, reaped_children=True)
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            continue
+    return total
 
 
 def busy_percent(seconds: float) -> float:
@@ -149,7 +205,7 @@ def print_header(command: str) -> None:
     print(f"code:    {code_version()}")
 
 
-# --- statistics -------------------------------------------------------------------------------
+# --- statistics and table cells -----------------------------------------------------------------
 def percentile(values: list[float], q: float) -> float | None:
     """Linear-interpolated percentile (q in 0..100); None for no values."""
     if not values:
@@ -159,3 +215,26 @@ def percentile(values: list[float], q: float) -> float | None:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def fmt(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def print_heading(header: str) -> None:
+    """A table's header line, underlined."""
+    print(header)
+    print("-" * len(header))
+
+
+LATENCY_HEADER = f"{'ttft p50':>9} {'ttft p95':>9} {'total p50':>10} {'total p95':>10}"
+
+
+def latency_cells(first_token: list[float], total: list[float]) -> str:
+    """The cells under ``LATENCY_HEADER``: p50 and p95 of the times to first token and in total."""
+    p50_p95 = [fmt(percentile(times, q)) for times in (first_token, total) for q in (50, 95)]
+    return f"{p50_p95[0]:>9} {p50_p95[1]:>9} {p50_p95[2]:>10} {p50_p95[3]:>10}"

@@ -1,130 +1,158 @@
-"""Concurrency benchmark: how answer latency grows with the number of simultaneous chats.
+"""Concurrency benchmark: how answer latency and server cost grow with the number of simultaneous chats.
 
-What it measures, in one run and side by side for each concurrency level N (default 1, 10, 50,
-100, 200): N authenticated WebSocket clients connect to a real daphne server, then all send one
-question at the same moment; each records the time from its ``ask`` to the first ``delta`` frame
-(time to first token) and to the ``finish`` frame (total), and any error: an ``error`` frame, a
-finish status other than ``complete``, a timeout, a failed connection, or a crossover (the answer
-does not echo this client's own question). The table reports p50/p95 of both times, the error
-count, and p95(N) / p50(1) of the total time: 1.0 means N chats are served as fast as one.
+Authenticated WebSocket clients chat with a real server (``--server``: uvicorn through ``manage.py
+serve`` by default, daphne, or gunicorn with uvicorn workers; ``--workers`` processes). Each client
+records the time from its ``ask`` to the first ``delta`` frame (time to first token) and to the
+``finish`` frame (total), and any error: a failed connection (counted apart), an ``error`` frame, a
+finish status other than ``complete``, a timeout, or a crossover (the answer does not echo this
+client's own question). The load has one of three shapes (``--shape``):
 
-Everything is local and real except the LLM: daphne + Channels + the embedded PostgreSQL (its own
-database, ``docchat_bench``) + MiniLM retrieval, and the groq SDK streaming over HTTP from the fake
-Groq server (``tests/fakes/groq_server.py``: 50 tokens, 20 ms apart, so one answer streams ~1 s).
+- ``burst`` (default): for each level N (default 1, 10, 50, 100, 200), N clients connect, wait for
+  every other one, then all ask at the same moment;
+- ``storm``: for each level N, N clients start at once and each asks as soon as it is connected (a
+  reconnect storm: connections and questions overlap);
+- ``open``: open-loop arrivals, for each rate R of ``--rates``: for ``--duration`` s a new client
+  arrives at random (Poisson) R times a second on average, connects, asks and closes, whatever the
+  others are doing. The levels (default: 1 only) run first, as bursts, for the solo baseline; the
+  run ends with the highest rate served with p95 time to first token <= 1 s and no failed chat.
+
 Level 1 is run a few times in a row (``--solo-runs``) so its p50, the baseline, is not one sample.
+Per level or rate, besides the latencies: the server's CPU per answered chat (all its processes,
+over the level's window), its peak of PostgreSQL connections, and its worst event-loop lag (see the
+legend printed under the tables, and ``bench/observe.py``).
 
-The clients, daphne and the fake LLM share this machine's cores: on a 2-core machine the clients'
-own work is part of what is measured.
+Everything is local and real except the LLM: the server + Channels + the embedded PostgreSQL (its own
+database, ``docchat_bench``) + MiniLM retrieval over ``--corpus`` (``tiny``: three documents;
+``pydoc``: the standard library's documentation, a few thousand chunks; see ``bench/corpus.py``),
+and the groq SDK streaming over HTTP from the fake Groq server (``tests/fakes/groq_server.py``: 50
+tokens, 20 ms apart, so one answer streams ~1 s). The clients, the server and the fake LLM share this
+machine's cores: on a 2-core machine the clients' own work is part of what is measured.
 
 Run from the project folder (takes a few minutes; exits non-zero if a server crashed)::
 
-    .venv/bin/python bench/concurrency.py [--levels 1,10,50,100,200]
+    .venv/bin/python bench/concurrency.py [--levels 1,10,50,100,200] [--shape burst|storm|open]
+        [--server uvicorn|daphne|gunicorn] [--workers N --redis redis://127.0.0.1:6379/5] [--corpus tiny|pydoc]
 
-Daphne's and the fake server's output go to files under /tmp (printed at the end).
+The server's and the fake LLM's output go to files under /tmp (printed at the end).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import math
 import os
 import platform
 import shlex
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 if not __package__:  # run as a file: the project root, not bench/, first on sys.path (see bench/common.py)
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from bench.clients import Result, run_level, run_open
 from bench.common import (
-    ROOT,
+    LATENCY_HEADER,
     busy_percent,
     code_version,
     command_line,
-    machine_cpu_seconds,
+    fmt,
+    latency_cells,
     percentile,
+    print_heading,
+    ratio,
     setup_django,
-    use_bench_database,
+)
+from bench.corpus import CORPORA, TINY, Corpus, ensure_corpus
+from bench.observe import LoopLag, Observation, observed
+from bench.servers import (
+    BENCH_DB,
+    Servers,
+    add_server_arguments,
+    check_server_arguments,
+    plan_servers,
+    report_logs,
+    server_settings,
+    start_servers,
+    still_serving,
+    stop_servers,
 )
 
-BIN = ROOT / ".venv" / "bin"
-BENCH_DB = "docchat_bench"
 USER_PREFIX = "bench-user-"
-COLLECTION = "bench-public"
-
-DOCS = {
-    "lighthouse.md": "# Harbor lighthouse\n\nThe Kestrel Point lighthouse was built in 1874 from granite blocks "
-    "quarried on the island. Its lamp is visible for 22 nautical miles and flashes white every 6 seconds.\n\n"
-    "## Keepers\n\nThe last keeper, Mara Lindqvist, left in 1986 when the light was automated.",
-    "bakery.md": "# Sourdough at the Millstone bakery\n\nThe Millstone bakery feeds its sourdough starter twice a "
-    "day with rye flour. Loaves proof for 14 hours in the cold room before baking at 250 degrees.\n\n"
-    "## Opening hours\n\nThe bakery opens at 7 in the morning and closes when the bread is sold out.",
-    "orchard.md": "# Apple orchard care\n\nThe orchard grows 40 varieties of apple. Trees are pruned in late "
-    "winter and the harvest starts in September.\n\n## Pests\n\nCodling moth is controlled with pheromone "
-    "traps hung in May.",
+STAFF_USER = "bench-staff"
+SHAPES = {
+    "burst": "N clients connect, then all ask at once",
+    "storm": "N clients start at once, each asks as soon as it is connected",
+    "open": "Poisson arrivals at R questions/s, each client connects, asks, closes",
 }
-QUESTIONS = [
-    "When was the Kestrel Point lighthouse built?",
-    "How far is the lighthouse lamp visible?",
-    "How often is the sourdough starter fed at the Millstone bakery?",
-    "How long do the loaves proof before baking?",
-    "When are the apple trees pruned?",
-    "How is codling moth controlled in the orchard?",
-]
+# Open-loop arrivals spread over enough users that none asks more than once every 20 s on average:
+# a user's rate limit (RATE_LIMIT_PER_MINUTE) and generation cap must not be what the run measures.
+SECONDS_PER_USER_QUESTION = 20
+TTFT_TARGET = 1.0  # seconds: the open-loop run's verdict, the highest rate meeting it at p95
 
 
 # --- command line -----------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="1,10,50,100,200", help="comma-separated concurrency levels")
+    parser.add_argument(
+        "--levels", help="comma-separated concurrency levels (default 1,10,50,100,200; with --shape open: 1)"
+    )
     parser.add_argument("--solo-runs", type=int, default=5, help="sequential runs of level 1 (the baseline)")
+    parser.add_argument(
+        "--shape", choices=SHAPES, default="burst", help="; ".join(f"{k}: {v}" for k, v in SHAPES.items())
+    )
+    parser.add_argument("--rates", default="1,2,4,8,16", help="open: comma-separated arrival rates, questions/s")
+    parser.add_argument("--duration", type=float, default=60.0, help="open: seconds of arrivals per rate")
+    parser.add_argument("--corpus", choices=CORPORA, default="tiny", help="the documents searched (bench/corpus.py)")
     add_server_arguments(parser)
     args = parser.parse_args()
-    args.levels = [int(level) for level in args.levels.split(",") if level.strip()]
-    if not args.levels or min(args.levels) < 1:
-        parser.error("--levels needs positive integers")
+    check_server_arguments(parser, args)
+    open_loop = args.shape == "open"
+    args.levels = numbers(parser, "--levels", args.levels or ("1" if open_loop else "1,10,50,100,200"), int)
+    args.rates = numbers(parser, "--rates", args.rates, float) if open_loop else []
+    if open_loop and 1 not in args.levels:
+        args.levels.insert(0, 1)  # the solo baseline of p95/p50(1)
+    if args.duration <= 0:
+        parser.error("--duration must be positive")
     return args
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of the servers and clients (this script's and ``bench/faults.py``'s)."""
-    parser.add_argument("--tokens", type=int, default=50, help="tokens per healthy fake answer")
-    parser.add_argument("--delay", type=float, default=0.02, help="seconds between fake tokens")
-    parser.add_argument("--db-pool-max", type=int, default=10, help="DB_POOL_MAX for daphne")
-    parser.add_argument("--max-generations", type=int, default=300, help="MAX_CONCURRENT_GENERATIONS")
-    parser.add_argument("--answer-timeout", type=float, default=60.0, help="seconds one client waits for finish")
-    parser.add_argument("--connect-timeout", type=float, default=20.0, help="seconds to open one WebSocket")
-    parser.add_argument("--log-dir", default="/tmp", help="where daphne's and the fake server's logs go")
+def numbers(parser: argparse.ArgumentParser, option: str, text: str, kind: type) -> list:
+    """A comma-separated option's positive numbers."""
+    try:
+        values = [kind(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        parser.error(f"{option} needs comma-separated positive numbers")
+    return values
+
+
+def users_needed(args: argparse.Namespace) -> int:
+    """Chat users: one per client of the largest level, two per worker for the warm-up, and for
+    open-loop arrivals enough that each asks once per SECONDS_PER_USER_QUESTION at the highest rate."""
+    return max(max(args.levels), 2 * args.workers, math.ceil(max(args.rates, default=0) * SECONDS_PER_USER_QUESTION))
 
 
 # --- Django side: database, users, documents, sessions ----------------------------------------
-def bench_env() -> dict[str, str]:
-    """The environment of this process and of daphne: the embedded Postgres, its bench database."""
-    env = dict(os.environ)
-    use_bench_database(env, BENCH_DB)
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
+@dataclass
+class Logins:
+    users: list[str]  # session cookies of the chat users
+    staff: str  # the staff user's (the monitoring API)
 
 
-def prepare_database(users: int) -> list[str]:
-    """Migrate the bench database, ingest the documents, log ``users`` users in; their cookies."""
+def prepare_database(users: int, corpus: Corpus = TINY) -> Logins:
+    """Migrate the bench database, ingest the corpus, log ``users`` chat users and the staff user in."""
     setup_django(BENCH_DB)
     from django.db import connections
 
-    bench_users = ensure_users(users)
-    ensure_documents(owner=bench_users[0])
-    cookies = [session_cookie(user) for user in bench_users]
+    staff = ensure_staff_user()
+    ensure_corpus(corpus, owner=staff)
+    logins = Logins([session_cookie(user) for user in ensure_users(users)], session_cookie(staff))
     connections.close_all()
-    return cookies
+    return logins
 
 
 def ensure_users(count: int) -> list:
@@ -141,19 +169,16 @@ def ensure_users(count: int) -> list:
     return users
 
 
-def ensure_documents(owner) -> None:
-    """A public collection with the bench documents (re-ingesting identical files is a no-op)."""
-    from documents.actions import do_ingest_file
-    from documents.models import Collection
+def ensure_staff_user():
+    """The bench's staff user: reads the monitoring API, owns the bench collections, never chats."""
+    from django.contrib.auth import get_user_model
 
-    collection, _ = Collection.objects.get_or_create(name=COLLECTION, defaults={"owner": owner, "is_public": True})
-    with tempfile.TemporaryDirectory(prefix="docchat-bench-") as folder:
-        for name, text in DOCS.items():
-            path = Path(folder) / name
-            path.write_text(text)
-            document = do_ingest_file(path, collection).document
-            if document.status != "ready":
-                raise SystemExit(f"ingesting {name} failed: {document.error}")
+    user, _ = get_user_model().objects.get_or_create(username=STAFF_USER)
+    if not (user.is_staff and user.is_active) or user.has_usable_password():
+        user.is_staff, user.is_active = True, True
+        user.set_unusable_password()
+        user.save()
+    return user
 
 
 def session_cookie(user) -> str:
@@ -165,297 +190,22 @@ def session_cookie(user) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
-# --- subprocesses ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``process`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
-
-
-def stop(process: subprocess.Popen | None) -> None:
-    """Terminate (then kill) a subprocess we started, bounded in time."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
-def http_json(url: str, body: dict | None = None) -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
-
-
-@dataclass
-class Servers:
-    groq_port: int
-    daphne_port: int
-    groq_cmd: list[str]
-    daphne_cmd: list[str]
-    groq_log: Path
-    daphne_log: Path
-    groq: subprocess.Popen | None = None
-    daphne: subprocess.Popen | None = None
-
-    @property
-    def groq_url(self) -> str:
-        return f"http://127.0.0.1:{self.groq_port}"
-
-    @property
-    def daphne_url(self) -> str:
-        return f"http://127.0.0.1:{self.daphne_port}"
-
-    def crashed(self) -> list[str]:
-        return [
-            f"{name} exited with code {proc.returncode}"
-            for name, proc in (("fake Groq server", self.groq), ("daphne", self.daphne))
-            if proc is not None and proc.poll() is not None
-        ]
-
-    def reset_llm_stats(self, args: argparse.Namespace) -> None:
-        http_json(f"{self.groq_url}/_reset", {})
-        http_json(f"{self.groq_url}/_config", {"tokens": args.tokens, "delay": args.delay})
-
-    def llm_stats(self) -> dict:
-        return http_json(f"{self.groq_url}/_stats")
-
-
-def plan_servers(args: argparse.Namespace) -> Servers:
-    groq_port, daphne_port = free_port(), free_port()
-    log_dir = Path(args.log_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Servers(
-        groq_port=groq_port,
-        daphne_port=daphne_port,
-        groq_cmd=[
-            str(BIN / "python"),
-            "-m",
-            "tests.fakes.groq_server",
-            "--port",
-            str(groq_port),
-            "--tokens",
-            str(args.tokens),
-            "--delay",
-            str(args.delay),
-        ],
-        daphne_cmd=[
-            str(BIN / "daphne"),
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(daphne_port),
-            "config.asgi:application",
-        ],
-        groq_log=log_dir / f"docchat-bench-{stamp}-groq.log",
-        daphne_log=log_dir / f"docchat-bench-{stamp}-daphne.log",
-    )
-
-
-def daphne_env(args: argparse.Namespace, servers: Servers) -> dict[str, str]:
-    return bench_env() | {
-        "LLM_PROVIDER": "groq",
-        "GROQ_API_KEY": "bench",
-        "GROQ_BASE_URL": servers.groq_url,
-        "GROQ_MODEL": "fake-model",
-        "DB_POOL_MAX": str(args.db_pool_max),
-        "MAX_CONCURRENT_GENERATIONS": str(args.max_generations),
-    }
-
-
-def start_servers(args: argparse.Namespace, servers: Servers) -> None:
-    servers.groq = spawn(servers.groq_cmd, bench_env(), servers.groq_log)
-    wait_http(f"{servers.groq_url}/_stats", servers.groq, timeout=30)
-    servers.daphne = spawn(servers.daphne_cmd, daphne_env(args, servers), servers.daphne_log)
-    wait_http(f"{servers.daphne_url}/healthz", servers.daphne, timeout=90)
-
-
-# --- the WebSocket clients ---------------------------------------------------------------------
-@dataclass
-class Result:
-    question: str
-    connect: float | None = None  # seconds to open the WebSocket
-    ack: float | None = None  # seconds from ask to the ack frame (the question is stored)
-    first_token: float | None = None  # seconds from ask to the first delta frame
-    total: float | None = None  # seconds from ask to the finish frame
-    errors: list[str] = field(default_factory=list)
-    server: dict[str, float] = field(default_factory=dict)  # the finish frame's timings (from after ack)
-    status: str | None = None  # the finish frame's status
-    echo: str | None = None  # the text the fake LLM echoes back, if not the question itself
-
-
-async def open_socket(url: str, origin: str, cookie: str, timeout: float, result: Result):
-    from websockets.asyncio.client import connect
-
-    started = time.perf_counter()
-    try:
-        socket_ = await connect(
-            url,
-            origin=origin,
-            additional_headers={"Cookie": cookie},
-            open_timeout=timeout,
-            proxy=None,
-            max_size=2**22,
-            close_timeout=2,
-        )
-    except Exception as exc:  # refused, handshake rejected, timeout
-        result.errors.append(f"connect: {type(exc).__name__}")
-        return None
-    result.connect = time.perf_counter() - started
-    return socket_
-
-
-async def ask(socket_, result: Result, timeout: float) -> None:
-    """Send the question, read frames until ``finish``; fill ``result``."""
-    frame = {
-        "type": "ask",
-        "conversation_id": None,
-        "text": result.question,
-        "client_id": str(uuid.uuid4()),
-    }
-    answer_id = None
-    started = time.perf_counter()
-    try:
-        await socket_.send(json.dumps(frame))
-        async with asyncio.timeout(timeout):
-            while True:
-                reply = json.loads(await socket_.recv())
-                kind = reply.get("type")
-                if kind == "ack":
-                    result.ack = time.perf_counter() - started
-                    answer_id = reply.get("answer_id")
-                elif kind in ("delta", "finish") and reply.get("answer_id") != answer_id:
-                    note(result, "crossover")  # a frame of another answer on this socket
-                if kind == "delta" and result.first_token is None:
-                    result.first_token = time.perf_counter() - started
-                elif kind == "error":
-                    result.errors.append(f"error frame: {reply.get('code')}")
-                elif kind == "finish":
-                    result.total = time.perf_counter() - started
-                    result.server = reply.get("timings") or {}
-                    result.status = reply.get("status")
-                    check_finish(reply, result)
-                    return
-    except TimeoutError:
-        result.errors.append("timeout")
-    except Exception as exc:  # connection closed mid-answer
-        result.errors.append(f"receive: {type(exc).__name__}")
-
-
-def check_finish(frame: dict, result: Result) -> None:
-    text = frame.get("text", "")
-    if frame.get("status") != "complete":
-        result.errors.append(f"finish status: {frame.get('status')}")
-    elif text.startswith("I could not find"):
-        result.errors.append("not found (retrieval found nothing, the LLM was not called)")
-    elif f"«{result.echo or result.question}»" not in text:
-        note(result, "crossover")  # not this client's own answer (the fake LLM echoes it)
-
-
-def note(result: Result, error: str) -> None:
-    if error not in result.errors:
-        result.errors.append(error)
-
-
-async def client(url: str, origin: str, cookie: str, go: asyncio.Event, result: Result, args) -> None:
-    """One user: connect, wait for the start signal, ask, close."""
-    socket_ = await open_socket(url, origin, cookie, args.connect_timeout, result)
-    try:
-        await go.wait()
-        if socket_ is not None:
-            await ask(socket_, result, args.answer_timeout)
-    finally:
-        if socket_ is not None:
-            await socket_.close()
-
-
-async def run_level(
-    n: int, cookies: list[str], servers: Servers, args, tag: str = "", results: list[Result] | None = None
-) -> list[Result]:
-    """N clients connect, wait for every other one, then all ask at once (client i asks
-    ``results[i].question``; by default the bench questions, numbered after ``tag``)."""
-    url = f"ws://127.0.0.1:{servers.daphne_port}/ws/chat/"
-    origin = servers.daphne_url
-    go = asyncio.Event()
-    if results is None:
-        results = [Result(f"{QUESTIONS[i % len(QUESTIONS)]} #{tag}{i}") for i in range(n)]
-    tasks = [asyncio.create_task(client(url, origin, cookies[i], go, results[i], args)) for i in range(n)]
-    await wait_until_connected(results, args.connect_timeout + 5)
-    go.set()
-    _, pending = await asyncio.wait(tasks, timeout=args.answer_timeout + args.connect_timeout + 15)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        if result.total is None and not result.errors:
-            result.errors.append("timeout")
-    return results
-
-
-async def wait_until_connected(results: list[Result], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(r.connect is not None or r.errors for r in results):
-            return
-        await asyncio.sleep(0.02)
-
-
-# --- statistics and the table -------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU use of named processes, and of the whole machine, over a wall-clock window, as % of
-    one core (the machine's includes Postgres and anything else running meanwhile)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.start = time.monotonic()
-        self.before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        self.machine_before = machine_cpu_seconds()
-
-    def percent(self) -> dict[str, float]:
-        wall = time.monotonic() - self.start
-        used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
-        used["machine"] = machine_cpu_seconds() - self.machine_before
-        return {name: 100 * seconds / wall for name, seconds in used.items()}
-
-
+# --- statistics and the tables -------------------------------------------------------------------
 @dataclass
 class LevelSummary:
+    """One level (``n`` clients per run), or one rate of open-loop arrivals (``n`` of them)."""
+
     n: int
     runs: int
     results: list[Result]
     llm_peak: int
-    cpu: dict[str, float] = field(default_factory=dict)
+    seen: Observation
+    rate: float | None = None  # open: arrivals/s asked for
+    elapsed: float | None = None  # open: seconds from the first arrival's schedule to the last client done
+
+    @property
+    def label(self) -> str:
+        return f"N={self.n}" if self.rate is None else f"R={self.rate:g}/s"
 
     def ok(self, attr: str) -> list[float]:
         return [getattr(r, attr) for r in self.results if not r.errors and getattr(r, attr) is not None]
@@ -464,60 +214,79 @@ class LevelSummary:
         return [r.server[stage] for r in self.results if not r.errors and stage in r.server]
 
     @property
+    def connect_failures(self) -> int:
+        return sum(1 for r in self.results if r.connect_failed)
+
+    @property
     def errors(self) -> int:
-        return sum(1 for r in self.results if r.errors)
+        """Chats that failed after connecting."""
+        return sum(1 for r in self.results if r.errors and not r.connect_failed)
+
+    @property
+    def answered(self) -> int:
+        return sum(1 for r in self.results if r.status == "complete")
 
     def error_kinds(self) -> Counter:
         return Counter(error for r in self.results for error in r.errors)
 
+    def cpu_per_answer(self) -> str:
+        if not self.answered:
+            return "-"
+        return f"{1000 * self.seen.cpu['server'] / self.answered:.0f} ms"
 
-def fmt(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}" if a is not None and b else "-"
-
-
-def print_heading(header: str) -> None:
-    """A table's header line, underlined."""
-    print(header)
-    print("-" * len(header))
+    def achieved(self) -> str:
+        return f"{self.answered / self.elapsed:.2f}" if self.elapsed else "-"
 
 
-LATENCY_HEADER = f"{'ttft p50':>9} {'ttft p95':>9} {'total p50':>10} {'total p95':>10}"
+CPU_NAMES = ("server", "llm", "clients", "machine")
+MEASURES_HEADER = (
+    f"{'conn fail':>9} {'errors':>6} {LATENCY_HEADER} {'p95/p50(1)':>10} {'connect p95':>11} {'llm peak':>8} "
+    f"{'cpu/answer':>10} {'db peak':>7} {'lag max':>7}  cpu% {'/'.join(CPU_NAMES)}"
+)
 
 
-def latency_cells(first_token: list[float], total: list[float]) -> str:
-    """The cells under ``LATENCY_HEADER``: p50 and p95 of the times to first token and in total."""
-    p50_p95 = [fmt(percentile(times, q)) for times in (first_token, total) for q in (50, 95)]
-    return f"{p50_p95[0]:>9} {p50_p95[1]:>9} {p50_p95[2]:>10} {p50_p95[3]:>10}"
-
-
-def print_table(summaries: list[LevelSummary]) -> None:
-    """One row per level; cpu% is each process's CPU over the level's wall time (100 = one core;
-    'machine' is all of it: ours, Postgres's and any other work running meanwhile)."""
-    solo = next((s for s in summaries if s.n == 1), None)
-    baseline = percentile(solo.ok("total"), 50) if solo else None
-    header = (
-        f"{'N':>4} {'runs':>4} {'answers':>7} {'errors':>6} {LATENCY_HEADER} "
-        f"{'p95/p50(1)':>10} {'connect p95':>11} {'llm peak':>8}"
-        f"  cpu% daphne/llm/clients/machine"
+def measures_cells(s: LevelSummary, baseline: float | None) -> str:
+    """The cells under ``MEASURES_HEADER``: what the level/rate tables share."""
+    p95 = percentile(s.ok("total"), 95)
+    db_peak = "-" if s.seen.db_peak is None else str(s.seen.db_peak)
+    return (
+        f"{s.connect_failures:>9} {s.errors:>6} {latency_cells(s.ok('first_token'), s.ok('total'))} "
+        f"{ratio(p95, baseline):>10} {fmt(percentile(s.ok('connect'), 95)):>11} {s.llm_peak:>8} "
+        f"{s.cpu_per_answer():>10} {db_peak:>7} {s.seen.lag():>7}  "
+        + "/".join(f"{s.seen.percent(name):.0f}" for name in CPU_NAMES)
     )
-    print_heading(header)
-    for s in summaries:
-        p95 = percentile(s.ok("total"), 95)
-        latency = latency_cells(s.ok("first_token"), s.ok("total"))
-        print(
-            f"{s.n:>4} {s.runs:>4} {len(s.results):>7} {s.errors:>6} {latency} "
-            f"{ratio(p95, baseline):>10} {fmt(percentile(s.ok('connect'), 95)):>11} {s.llm_peak:>8}"
-            f"  {'/'.join(f'{s.cpu[k]:.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}"
-        )
-    print_breakdown(summaries)
-    for s in summaries:
-        if s.errors:
-            kinds = ", ".join(f"{kind} x{count}" for kind, count in s.error_kinds().most_common())
-            print(f"  N={s.n}: {kinds}")
+
+
+def solo_baseline(levels: list[LevelSummary]) -> float | None:
+    """p50 of the total time at level 1: the baseline of p95/p50(1)."""
+    solo = next((s for s in levels if s.n == 1), None)
+    return percentile(solo.ok("total"), 50) if solo else None
+
+
+def print_levels(levels: list[LevelSummary]) -> None:
+    baseline = solo_baseline(levels)
+    print_heading(f"{'N':>4} {'runs':>4} {'chats':>5} {MEASURES_HEADER}")
+    for s in levels:
+        print(f"{s.n:>4} {s.runs:>4} {len(s.results):>5} {measures_cells(s, baseline)}")
+
+
+def print_rates(rates: list[LevelSummary], baseline: float | None) -> None:
+    print_heading(f"{'rate/s':>6} {'arrivals':>8} {'achieved/s':>10} {MEASURES_HEADER}")
+    for s in rates:
+        print(f"{s.rate:>6g} {s.n:>8} {s.achieved():>10} {measures_cells(s, baseline)}")
+    best = best_rate(rates)
+    print(
+        f"highest rate with p95 time to first token <= {TTFT_TARGET:g} s and no failed chat: "
+        + (f"{best.rate:g} questions/s" if best else f"none of {', '.join(f'{s.rate:g}' for s in rates)}")
+    )
+
+
+def best_rate(rates: list[LevelSummary]) -> LevelSummary | None:
+    def meets_target(s: LevelSummary) -> bool:
+        p95 = percentile(s.ok("first_token"), 95)
+        return p95 is not None and p95 <= TTFT_TARGET and not s.errors and not s.connect_failures
+
+    return max(filter(meets_target, rates), key=lambda s: s.rate or 0.0, default=None)
 
 
 SERVER_STAGES = ("embedding", "retrieval", "first_token", "total")
@@ -527,10 +296,48 @@ def print_breakdown(summaries: list[LevelSummary]) -> None:
     """Where the time goes, p50 per level: ack as the client saw it, then the server's own timings
     (``chat.answering``; they count from the answer task's start, just after the ack is sent)."""
     print()
-    print("p50 breakdown:  N   ack (question stored)  server: " + "  ".join(f"{s:>11}" for s in SERVER_STAGES))
+    print("p50 breakdown:         ack (question stored)  server: " + "  ".join(f"{s:>11}" for s in SERVER_STAGES))
     for s in summaries:
         stages = "  ".join(f"{fmt(percentile(s.server(stage), 50)):>11}" for stage in SERVER_STAGES)
-        print(f"             {s.n:>4}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}")
+        print(f"  {s.label:>12}   {fmt(percentile(s.ok('ack'), 50)):>21}          {stages}")
+
+
+def print_problems(summaries: list[LevelSummary]) -> None:
+    for s in summaries:
+        if s.errors or s.connect_failures:
+            kinds = ", ".join(f"{kind} x{count}" for kind, count in s.error_kinds().most_common())
+            print(f"  {s.label}: {kinds}")
+        for name, error in (("DB connections", s.seen.db_error), ("loop lag", s.seen.lag_error)):
+            if error:
+                print(f"  {s.label}: {name} not measured: {error}")
+
+
+LEGEND = """\
+columns: chats: questions asked (per level: N x runs); conn fail: WebSockets that did not open;
+  errors: other failed chats (error frame, status not complete, timeout, crossover; kinds below);
+  ttft / total: from the ask to the first token / to the finish frame, chats without error;
+  p95/p50(1): total p95 over the solo baseline (total p50 of level 1); connect p95: opening a WebSocket;
+  llm peak: most answers streaming from the fake LLM at once; arrivals (open): clients that arrived;
+  achieved/s (open): complete answers per second, from the start until the last client was done;
+  cpu/answer: CPU of all the server's processes (master and workers) over the level's window (after
+  the warm-up), per complete answer; db peak: most of the server's PostgreSQL connections open at
+  once (pg_stat_activity by DB_APPLICATION_NAME, polled every 100 ms);
+  lag max: worst event-loop lag in ms (loop_lag_ms.max of /monitoring/api/summary, the maximum since
+  the process started, read before and after the level; "<=X": no new worst during the level, whose
+  own worst is then hidden by an earlier one, often the start-up's: lazy imports, the model's load);
+  with several workers it is per worker, best effort (3 reads per worker, each reaching one of them);
+  cpu%: over the level's wall time, 100 = one core; machine = all of it (PostgreSQL and anything else)"""
+
+
+def print_report(levels: list[LevelSummary], rates: list[LevelSummary]) -> None:
+    print_levels(levels)
+    if rates:
+        print()
+        print_rates(rates, solo_baseline(levels))
+    print_breakdown(levels + rates)
+    print_problems(levels + rates)
+    print()
+    print(LEGEND)
 
 
 def print_machine(args: argparse.Namespace, servers: Servers) -> None:
@@ -545,82 +352,115 @@ def print_machine(args: argparse.Namespace, servers: Servers) -> None:
     print(f"command: {command_line()}")
     print(f"code:    {code_version(describe_changes=False)}")
     print(f"fake LLM: {shlex.join(servers.groq_cmd)}")
-    print(f"server:   {shlex.join(servers.daphne_cmd)}")
-    print(
-        f"          with EMBEDDED_PG_DB={BENCH_DB} DB_POOL_MAX={args.db_pool_max} "
-        f"MAX_CONCURRENT_GENERATIONS={args.max_generations} LLM_PROVIDER=groq GROQ_MODEL=fake-model"
-    )
+    print(f"server:   {servers.kind}, {servers.workers} process(es): {shlex.join(servers.server_cmd)}")
+    settings = " ".join(f"{name}={value}" for name, value in server_settings(args, servers).items())
+    print(f"          with EMBEDDED_PG_DB={BENCH_DB} {settings} REDIS_URL={servers.redis or '(none)'}")
+
+
+def print_loadavg() -> None:
+    print(f"load before measuring (/proc/loadavg): {Path('/proc/loadavg').read_text().strip()}", flush=True)
 
 
 # --- the run ---------------------------------------------------------------------------------
-async def measure(args, servers: Servers, cookies: list[str], summaries: list[LevelSummary]) -> None:
-    """Warm up (loads the embedding model), then each level in turn; appends to ``summaries`` so
-    the levels measured so far survive a failure."""
-    warm = await run_level(1, cookies, servers, args, tag="warmup-")
+async def warm_up(cookies: list[str], servers: Servers, args, corpus: Corpus) -> None:
+    """One chat loads the embedding model; with several workers, bursts of two chats per worker
+    follow until /readyz, asked three times per worker, finds the model loaded every time (best
+    effort: the kernel picks the worker of each connection)."""
+    warm = await run_level(1, cookies, servers, args, tag="warmup-", corpus=corpus)
     if warm[0].errors:
-        raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})")
-    for n in args.levels:
-        servers.reset_llm_stats(args)
-        runs = args.solo_runs if n == 1 else 1
+        raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.server_log})")
+    if servers.workers == 1:
+        return
+    for burst in range(10):
+        if await asyncio.to_thread(model_loaded_everywhere, servers):
+            return
+        await run_level(2 * servers.workers, cookies, servers, args, tag=f"warmup{burst}-", corpus=corpus)
+    print("  warning: a worker may still be without its embedding model (its first chat will be slow)")
+
+
+def model_loaded_everywhere(servers: Servers) -> bool:
+    return all(servers.model_loaded() for _ in range(3 * servers.workers))
+
+
+async def measure_level(
+    n: int, cookies: list[str], servers: Servers, args, corpus: Corpus, lag: LoopLag
+) -> LevelSummary:
+    """Level ``n`` (``--solo-runs`` times for 1), observed as one window."""
+    servers.reset_llm_stats(args)
+    runs = args.solo_runs if n == 1 else 1
+
+    async def level() -> tuple[list[Result], int]:
         results: list[Result] = []
         peak = 0
-        cpu = CpuMeter(
-            {
-                "daphne": servers.daphne.pid,
-                "llm": servers.groq.pid,
-                "clients": os.getpid(),
-            }
-        )
         for run in range(runs):
-            results += await run_level(n, cookies, servers, args, tag=f"{n}.{run}-")
+            storm = args.shape == "storm"
+            results += await run_level(n, cookies, servers, args, tag=f"{n}.{run}-", corpus=corpus, storm=storm)
             peak = max(peak, servers.llm_stats()["max_active"])
             await asyncio.sleep(0.5)  # let the last writes settle before the next run
-        summaries.append(LevelSummary(n, runs, results, peak, cpu.percent()))
-        print(f"  N={n}: done ({sum(1 for r in results if r.errors)} errors)", flush=True)
-        if servers.crashed():
-            break
+        return results, peak
+
+    (results, peak), seen = await observed(servers, lag, level())
+    return LevelSummary(n, runs, results, peak, seen)
 
 
-def still_serving(servers: Servers) -> list[str]:
-    """Problems with the servers after the run: exited, or daphne no longer answering."""
-    problems = servers.crashed()
-    if not problems:
-        try:
-            wait_http(f"{servers.daphne_url}/healthz", servers.daphne, timeout=10)
-        except RuntimeError as exc:
-            problems.append(f"daphne unresponsive: {exc}")
-    return problems
+async def measure_rate(
+    rate: float, cookies: list[str], servers: Servers, args, corpus: Corpus, lag: LoopLag
+) -> LevelSummary:
+    """``rate`` arrivals/s for ``--duration`` s, observed as one window."""
+    servers.reset_llm_stats(args)
+    (results, elapsed), seen = await observed(servers, lag, run_open(rate, cookies, servers, args, corpus))
+    return LevelSummary(len(results), 1, results, servers.llm_stats()["max_active"], seen, rate, elapsed)
 
 
-def report_logs(servers: Servers) -> None:
-    for name, path in (("daphne", servers.daphne_log), ("fake LLM", servers.groq_log)):
-        text = path.read_text(errors="replace") if path.exists() else ""
-        print(
-            f"{name} log: {path} ({text.count('Traceback')} tracebacks, "
-            f"{sum(1 for line in text.splitlines() if ' ERROR ' in line or ' WARNING ' in line)} warning/error lines)"
-        )
+async def measure(
+    args, servers: Servers, logins: Logins, corpus: Corpus, levels: list[LevelSummary], rates: list[LevelSummary]
+) -> None:
+    """Warm up, then each level and each rate in turn; appends to ``levels`` and ``rates`` so what
+    was measured survives a failure."""
+    lag = LoopLag(servers, logins.staff)
+    await warm_up(logins.users, servers, args, corpus)
+    print_loadavg()
+    for n in args.levels:
+        if not recorded(levels, await measure_level(n, logins.users, servers, args, corpus, lag), servers):
+            return
+    for rate in args.rates:
+        if not recorded(rates, await measure_rate(rate, logins.users, servers, args, corpus, lag), servers):
+            return
+
+
+def recorded(summaries: list[LevelSummary], summary: LevelSummary, servers: Servers) -> bool:
+    """Keep ``summary`` and say so; whether the servers are still running."""
+    summaries.append(summary)
+    failed = f"{summary.connect_failures} connect failures, {summary.errors} other errors"
+    print(f"  {summary.label}: done ({failed})", flush=True)
+    return not servers.crashed()
 
 
 def main() -> int:
     args = parse_args()
+    corpus = CORPORA[args.corpus]
     servers = plan_servers(args)
     print_machine(args, servers)
+    print(f"shape:    {args.shape} ({SHAPES[args.shape]}); levels {args.levels}; corpus {corpus.name}")
+    if args.rates:
+        print(f"          rates {', '.join(f'{r:g}' for r in args.rates)} questions/s, {args.duration:g} s each")
     print("preparing the bench database, users and documents ...", flush=True)
-    cookies = prepare_database(max(args.levels))
-    summaries: list[LevelSummary] = []
+    logins = prepare_database(users_needed(args), corpus)
+    levels: list[LevelSummary] = []
+    rate_summaries: list[LevelSummary] = []
     failure = ""
+    problems: list[str] = []
     try:
         start_servers(args, servers)
         print("servers up; warming up and measuring ...", flush=True)
-        asyncio.run(measure(args, servers, cookies, summaries))
+        asyncio.run(measure(args, servers, logins, corpus, levels, rate_summaries))
     except Exception as exc:  # reported below, after the table of what was measured
         failure = f"{type(exc).__name__}: {exc}"
     finally:
-        problems = still_serving(servers) if servers.daphne else []
-        stop(servers.daphne)
-        stop(servers.groq)
+        problems = still_serving(servers)
+        stop_servers(servers)
     print()
-    print_table(summaries)
+    print_report(levels, rate_summaries)
     report_logs(servers)
     if failure:
         print(f"BENCHMARK FAILED: {failure}")

@@ -1,9 +1,9 @@
 """Faults under load: what a failing LLM does to N concurrent chats, next to a healthy baseline.
 
-In one run, side by side: N authenticated WebSocket chats (default 100) against a real daphne
-server all ask at the same moment, first with a healthy fake LLM (the baseline, fail rate 0),
-then with ``--fail-rate`` of the questions (default 20 %) making the fake Groq server answer
-HTTP 500 (``[[fake mode=error status=500]]`` in the question; the others carry
+In one run, side by side: N authenticated WebSocket chats (default 100) against a real server
+(``--server``: uvicorn by default) all ask at the same moment, first with a healthy fake LLM (the
+baseline, fail rate 0), then with ``--fail-rate`` of the questions (default 20 %) making the fake
+Groq server answer HTTP 500 (``[[fake mode=error status=500]]`` in the question; the others carry
 ``[[fake tokens=50 delay=0.02]]``). Before measuring, one chat loads the embedding model and a
 healthy burst of N fills the DB and HTTP pools; then ``--rounds`` pairs (default 3) run with the
 order alternating (baseline first, then faults first, ...) so neither phase always follows the
@@ -25,10 +25,10 @@ Reported per phase:
   ``/monitoring/api/summary``, polled every 0.5 s by ``monitoring.client.MonitoringClient`` as a
   staff user (``bench-staff``, created in the bench database).
 
-Servers, database, users and clients are those of ``bench/concurrency.py`` (imported from it):
-daphne + the fake Groq server as subprocesses, the embedded PostgreSQL with its own database
-``docchat_bench``. Run from the project folder (a few minutes; exits non-zero if a message was
-lost, an answer left unfinished, or a server crashed)::
+Servers, database, users and clients are those of ``bench/concurrency.py`` (``bench/servers.py``,
+``bench/clients.py``): the server + the fake Groq server as subprocesses, the embedded PostgreSQL
+with its own database ``docchat_bench``. Run from the project folder (a few minutes; exits
+non-zero if a message was lost, an answer left unfinished, or a server crashed)::
 
     .venv/bin/python bench/faults.py [--chats 100] [--fail-rate 0.2] [--rounds 3]
 """
@@ -49,29 +49,22 @@ from pathlib import Path
 if not __package__:  # run as a file: the project root, not bench/, first on sys.path (see bench/common.py)
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import percentile
-from bench.concurrency import (
-    LATENCY_HEADER,
-    QUESTIONS,
-    CpuMeter,
-    Result,
+from bench.clients import Result, run_level
+from bench.common import LATENCY_HEADER, fmt, latency_cells, percentile, print_heading, ratio
+from bench.concurrency import STAFF_USER, prepare_database, print_machine
+from bench.corpus import TINY
+from bench.observe import process_meter
+from bench.servers import (
     Servers,
     add_server_arguments,
-    fmt,
-    latency_cells,
+    check_server_arguments,
     plan_servers,
-    prepare_database,
-    print_heading,
-    print_machine,
-    ratio,
     report_logs,
-    run_level,
     start_servers,
     still_serving,
-    stop,
+    stop_servers,
 )
 
-STAFF_USER = "bench-staff"
 POLL_EVERY = 0.5
 UNFINISHED = "pending"  # an answer's status until it ends, one way or another
 STAGES = ("ack", "slot", "embedding", "retrieval", "first_token", "total")
@@ -98,10 +91,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--asyncio-debug",
         action="store_true",
-        help="diagnosis: daphne in asyncio debug mode (logs callbacks that block its loop >100 ms; slower)",
+        help="diagnosis: the server in asyncio debug mode (logs callbacks that block its loop >100 ms; slower)",
     )
     add_server_arguments(parser)
     args = parser.parse_args()
+    check_server_arguments(parser, args)
     if args.chats < 1 or args.rounds < 1 or not 0 <= args.fail_rate <= 1:
         parser.error("--chats and --rounds must be positive, --fail-rate in 0..1")
     if args.warmup_chats is None:
@@ -173,7 +167,7 @@ def questions_for(phase: Phase, round_: int, run_tag: str, args, rng: random.Ran
     phase.failing += len(failing)
     results = []
     for i in range(args.chats):
-        echo = f"{QUESTIONS[i % len(QUESTIONS)]} #{tag_of(run_tag, phase)}{round_}-{i}"
+        echo = TINY.numbered(i, f"{tag_of(run_tag, phase)}{round_}-")
         results.append(Result(f"{directive(i in failing, args)} {echo}", echo=echo))
     return results
 
@@ -183,23 +177,11 @@ def tag_of(run_tag: str, phase: Phase) -> str:
 
 
 # --- the staff monitoring client -----------------------------------------------------------------
-def ensure_staff_user() -> None:
-    from django.contrib.auth import get_user_model
-    from django.db import connections
-
-    user, _ = get_user_model().objects.get_or_create(username=STAFF_USER)
-    if not (user.is_staff and user.is_active) or user.has_usable_password():
-        user.is_staff, user.is_active = True, True
-        user.set_unusable_password()
-        user.save()
-    connections.close_all()
-
-
 async def monitoring_client(servers: Servers):
     """A fresh MonitoringClient (its session lasts 5 minutes); it writes the session in a thread."""
     from monitoring.client import MonitoringClient
 
-    return await asyncio.wait_for(asyncio.to_thread(MonitoringClient, servers.daphne_url, STAFF_USER), 15)
+    return await asyncio.wait_for(asyncio.to_thread(MonitoringClient, servers.server_url, STAFF_USER), 15)
 
 
 async def call(function, *args, timeout: float = 12.0):
@@ -250,7 +232,7 @@ async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: S
     stop_polling = asyncio.Event()
     first_sample, phase.round_rose_to = len(phase.lags), None
     poller = asyncio.create_task(poll_summary(client, phase, stop_polling, lag_max_before))
-    cpu = CpuMeter({"daphne": servers.daphne.pid, "llm": servers.groq.pid, "clients": os.getpid()})
+    cpu = process_meter(servers)
     try:
         results = await run_level(args.chats, cookies, servers, args, results=results)
         phase.results += results
@@ -270,7 +252,7 @@ async def measure(args, servers: Servers, cookies: list[str], phases: list[Phase
     fills the DB and HTTP pools), then the phases, alternating their order round by round."""
     warm = await run_level(1, cookies, servers, args, tag=f"{run_tag}w-")
     if warm[0].errors:
-        raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.daphne_log})")
+        raise RuntimeError(f"the warm-up chat failed: {warm[0].errors} (see {servers.server_log})")
     if args.warmup_chats > 1:
         warm = await run_level(args.warmup_chats, cookies, servers, args, tag=f"{run_tag}W-")
         print(f"  warm-up burst of {len(warm)}: {sum(1 for r in warm if r.errors)} errors", flush=True)
@@ -390,8 +372,8 @@ def print_report(phases: list[Phase], args) -> None:
             f"samples >= 100 ms: {sum(1 for _, lag in p.lags if lag >= 100)}{at}{rose}; "
             f"llm breaker seen: {states or '-'}; not complete per round: {p.per_round}; "
             f"max lag per round: {[round(lag) for lag in p.per_round_lag]} ms; "
-            f"cpu% daphne/llm/clients/machine (last round) "
-            f"{'/'.join(f'{p.cpu.get(k, 0):.0f}' for k in ('daphne', 'llm', 'clients', 'machine'))}"
+            f"cpu% server/llm/clients/machine (last round) "
+            f"{'/'.join(f'{p.cpu.get(k, 0):.0f}' for k in ('server', 'llm', 'clients', 'machine'))}"
         )
         for problem in sorted(set(p.polls_failed))[:3]:
             print(f"      poll failure: {problem}")
@@ -428,13 +410,12 @@ def main() -> int:
         f"({directive(True, args)}), the others {directive(False, args)}; run tag {run_tag}"
     )
     print("preparing the bench database, users and documents ...", flush=True)
-    cookies = prepare_database(args.chats)
-    ensure_staff_user()
+    cookies = prepare_database(args.chats).users
     phases = [Phase("no faults", "b", 0.0), Phase("faults", "f", args.fail_rate)]
     failure = ""
     problems: list[str] = []
     try:
-        if args.asyncio_debug:  # daphne's environment is this process's, at its start
+        if args.asyncio_debug:  # the server's environment is this process's, at its start
             os.environ["PYTHONASYNCIODEBUG"] = "1"
         try:
             start_servers(args, servers)
@@ -446,14 +427,13 @@ def main() -> int:
         failure = f"{type(exc).__name__}: {exc}"
     finally:
         try:
-            if servers.daphne:
+            if servers.server:
                 problems = still_serving(servers)
                 count_stored(phases, run_tag, args.settle_timeout)  # before stopping: a stop saves answers as stopped
         except Exception as exc:
             failure = failure or f"counting in the database failed: {type(exc).__name__}: {exc}"
         finally:
-            stop(servers.daphne)
-            stop(servers.groq)
+            stop_servers(servers)
     print()
     print_report(phases, args)
     report_logs(servers)

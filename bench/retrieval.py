@@ -1,13 +1,14 @@
-"""Retrieval benchmark: latency and recall@10 of the ACL-filtered pgvector HNSW search at 100k chunks.
+"""Retrieval benchmark: latency, CPU and recall@10 of the ACL-filtered hybrid search at 100k chunks.
 
 What it measures, in one run and side by side:
 
 * data: ``--chunks`` (default 100,000) chunks of 384-dim unit vectors in ``--collections``
   (default 10) collections of documents of 10 chunks, loaded with COPY straight into the
-  product's tables (``documents_collection``/``documents_document``/``documents_chunk``) of the
-  database ``docchat_bench_retrieval`` of the embedded PostgreSQL (migrated first). One user,
-  ``bench-reader``, may read 3 collections: a public one, one they own and one they are a member
-  of (30% of the chunks); the others belong to ``bench-owner``.
+  product's tables (``documents_collection``/``documents_document``/``documents_chunk``, the
+  ``search_vector`` filled as ingestion does) of the database ``docchat_bench_retrieval`` of the
+  embedded PostgreSQL (migrated first). One user, ``bench-reader``, may read 3 collections: a
+  public one, one they own and one they are a member of (30% of the chunks); the others belong to
+  ``bench-owner``.
 * the vectors are synthetic but not uniform (uniform random vectors make HNSW recall look
   misleadingly bad or good): 32 topic centres, each collection prefers a few topics (Dirichlet
   0.3), each document mixes 3 topics plus a low-rank (48-dim, decaying spectrum) offset, each
@@ -16,19 +17,33 @@ What it measures, in one run and side by side:
   with real MiniLM embeddings. ``--queries`` (default 200) query vectors are drawn the same way
   from the documents of all collections (so most are "about" a document the user cannot read,
   the hard case for a filtered index scan).
+* the texts are synthetic too: each document has a made-up keyword (one of chunks / 200, so a
+  keyword occurs in ~20 documents) that each of its chunks repeats 1-3 times among 30 common
+  filler words; a query's text is the keyword of the document it was drawn around, so the
+  full-text half of the hybrid search finds ~60 readable chunks in three tiers of ``ts_rank``.
 * the HNSW index is dropped and rebuilt for each ``--builds`` setting (default the migration's
   m=16, ef_construction=128, then m=24, ef_construction=200); build time and size are printed.
-* exact top-10 per query: the product's SQL with ``SET LOCAL enable_indexscan = off`` (a sequential
-  scan), cross-checked against a numpy brute force over the same vectors.
-* for every build: ``documents.search.vector_search(user, vector, 10)`` (the product path: ACL
-  query, ``hnsw.ef_search`` from settings, iterative scan ``relaxed_order``, ORM, Hit objects) with
-  ``settings.HNSW_EF_SEARCH`` set to each ``--ef`` value, and the product's SQL (taken from the
-  ORM) run over psycopg for each ``hnsw.ef_search`` in ``--ef`` (default 40, 100, 200) x
-  ``hnsw.iterative_scan`` in off / relaxed_order / strict_order (one transaction per query with
-  ``SET LOCAL``, as the product does; only the SELECT is timed). Per configuration: p50/p99
-  latency over ``--rounds`` passes of all queries (configurations interleaved query by query in a
-  shuffled order, after a warm-up pass, so drift in the machine's load hits all alike),
-  recall@10 against the exact top 10, and how many queries got fewer than 10 rows.
+* exact top-10 per query: the product's vector-only statement with ``SET LOCAL enable_indexscan =
+  off`` (a sequential scan), cross-checked against a numpy brute force over the same vectors.
+* for every build, per query and in one shuffled order (after a warm-up pass, over ``--rounds``
+  passes, so drift in the machine's load hits all alike):
+  - the product before and now, at ``settings.HNSW_EF_SEARCH``: ``vector_search(user, vector, 10)``
+    and the hybrid ``search(user, text, vector, 10)`` of ``documents.search`` (one SQL statement on
+    Django's psycopg connection, one ``set_config``) and of ``bench/search_orm.py`` (the ORM
+    version it replaced: ACL query, three ``set_config``, vector and full-text queries, model
+    instances, fusion in Python); the whole call is timed;
+  - the product's vector-only statement (``documents.search.hybrid_sql(vector=True, text=False)``,
+    top 10 of 40 candidates) on a psycopg connection with server-side binding (the vector a binary
+    parameter), for each ``hnsw.ef_search`` in ``--ef`` (default 40, 100, 200) x
+    ``hnsw.iterative_scan`` in off / relaxed_order / strict_order (one transaction per query with
+    ``SET LOCAL``; only the statement and the fetch are timed), and once more at
+    ``settings.HNSW_EF_SEARCH`` with client-side binding (the vector merged into the SQL as text),
+    which is how the cursors of a psycopg connection made by Django bind.
+  Per row: p50/p99 latency, this process's CPU time per call (``time.process_time``: what a call
+  costs the server's GIL; PostgreSQL's own CPU is not in it), recall@10 against the exact top 10
+  (vector-only rows) and how many queries got fewer than 10 rows; then how far the top 10 of the
+  before and now versions agree. (Many chunks share a ``ts_rank`` here; neither version breaks
+  those ties before taking its full-text candidates, so their hybrid top 10s differ among them.)
 
 Goals: p50 <= 5 ms, p99 <= 20 ms, recall@10 >= 0.95.
 
@@ -49,8 +64,10 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 if not __package__:  # run as a file: the project root, not bench/, first on sys.path (see bench/common.py)
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -71,6 +88,12 @@ DIM = 384
 CHUNKS_PER_DOC = 10
 INDEX = "chunk_embedding_hnsw"  # the migration's name
 MODES = ("off", "relaxed_order", "strict_order")
+K = 10  # the top 10 is what recall is measured on
+DOCS_PER_KEYWORD = 20
+FILLER = (
+    "report value system process table record result change level review policy account service "
+    "request budget period method source figure detail"
+).split()
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -116,6 +139,8 @@ class Data:
     doc_collection: object  # (docs,) collection index of each document
     queries: object  # (queries, 384) float32
     query_doc: object  # (queries,) the document each query was drawn around
+    chunk_texts: list[str]
+    query_texts: list[str]  # the keyword of each query's document
 
 
 def generate(args: argparse.Namespace) -> Data:
@@ -146,18 +171,40 @@ def generate(args: argparse.Namespace) -> Data:
 
     vectors = chunks(np.repeat(means, CHUNKS_PER_DOC, axis=0))
     query_doc = rng.integers(0, docs, args.queries)
-    return Data(vectors, doc_collection, chunks(means[query_doc]), query_doc)
+    chunk_texts, doc_keywords = synthetic_texts(args.seed, docs)
+    query_texts = [doc_keywords[d] for d in query_doc]
+    return Data(vectors, doc_collection, chunks(means[query_doc]), query_doc, chunk_texts, query_texts)
+
+
+def synthetic_texts(seed: int, docs: int) -> tuple[list[str], list[str]]:
+    """The chunks' texts and each document's keyword (see the module docstring)."""
+    syllables = [c + v for c in "bdgklmnprtvz" for v in "aou"]
+    words = max(10, docs // DOCS_PER_KEYWORD)
+    vocabulary = [
+        "".join(syllables[(w // len(syllables) ** p) % len(syllables)] for p in range(3)) for w in range(words)
+    ]
+    rng = random.Random(seed)  # its own generator: the vectors stay those of earlier runs
+    doc_keywords = [rng.choice(vocabulary) for _ in range(docs)]
+    chunk_texts = []
+    for i in range(docs * CHUNKS_PER_DOC):
+        doc = i // CHUNKS_PER_DOC
+        body = rng.choices(FILLER, k=30)
+        for _ in range(rng.randint(1, 3)):
+            body.insert(rng.randrange(len(body) + 1), doc_keywords[doc])
+        chunk_texts.append(f"Synthetic chunk {i} of document {doc}: {' '.join(body)}.")
+    return chunk_texts, doc_keywords
 
 
 def data_key(args: argparse.Namespace) -> str:
-    spec = {"v": 2, "chunks": args.chunks, "collections": args.collections, "seed": args.seed,
+    spec = {"v": 3, "chunks": args.chunks, "collections": args.collections, "seed": args.seed,
             "centers": args.centers, "queries": args.queries}  # fmt: skip
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --- database ---------------------------------------------------------------------------------
 def raw_connection():
-    """A plain psycopg connection to the bench database (client-side binding, as Django's)."""
+    """A plain psycopg connection to the bench database: server-side binding, a ``pgvector.Vector``
+    sent as a binary parameter."""
     import psycopg
     from django.db import connection
     from pgvector.psycopg import register_vector
@@ -166,7 +213,7 @@ def raw_connection():
     params = connection.settings_dict
     conn = psycopg.connect(
         host=params["HOST"], user=params["USER"], dbname=params["NAME"],
-        autocommit=True, cursor_factory=psycopg.ClientCursor,
+        autocommit=True,
     )  # fmt: skip
     register_vector(conn)
     return conn
@@ -220,9 +267,10 @@ def load_data(conn, args: argparse.Namespace, data: Data) -> float:
             "FROM STDIN WITH (FORMAT BINARY)"
         ) as copy:
             copy.set_types(["int8", "int8", "int4", "text", "varchar", "int4", "vector"])
-            for i, vector in enumerate(data.vectors):
+            for i, (vector, text) in enumerate(zip(data.vectors, data.chunk_texts, strict=True)):
                 doc, ordinal = divmod(i, CHUNKS_PER_DOC)
-                copy.write_row((i + 1, doc + 1, ordinal, f"Synthetic chunk {i}.", "", 4, vector))
+                copy.write_row((i + 1, doc + 1, ordinal, text, "", len(text.split()), vector))
+        cur.execute("UPDATE documents_chunk SET search_vector = to_tsvector('english', text)")  # as ingestion does
         for table in ("documents_document", "documents_chunk"):
             cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
     conn.execute("VACUUM ANALYZE documents_document")
@@ -271,99 +319,118 @@ def prewarm(conn) -> str:
 
 
 # --- the queries ------------------------------------------------------------------------------
-def product_sql(user) -> tuple[str, list]:
-    """The SQL ``documents.search.vector_search`` runs for ``user``, with the vector as params[0]."""
-    from pgvector.django import CosineDistance
+def statement_params(user, vector, text: str = "") -> dict:
+    """The parameters ``documents.search`` binds to its statement for a top 10 (see ``_hybrid``)."""
+    from django.conf import settings
+    from pgvector import Vector
 
-    from documents.search import readable_chunks
+    from documents.search import CANDIDATES_PER_HIT, RRF_K
 
-    query = readable_chunks(user).annotate(distance=CosineDistance("embedding", [0.0] * DIM)).order_by("distance")[:10]
-    sql, params = query.query.sql_with_params()
-    return sql, [str(p) if not isinstance(p, (int, float)) else p for p in params]
-
-
-def vector_text(vector) -> str:
-    return "[" + ",".join(f"{x:.9g}" for x in vector) + "]"
-
-
-def run_sql(conn, sql: str, params: list, settings: list[str]) -> tuple[float, list[int]]:
-    """One query in its own transaction with ``SET LOCAL``s; seconds of the SELECT and the ids."""
-    with conn.transaction(), conn.cursor() as cur:
-        if settings:
-            cur.execute("; ".join(f"SET LOCAL {s}" for s in settings))
-        started = time.perf_counter()
-        cur.execute(sql, params)
-        rows = cur.fetchall()
-        return time.perf_counter() - started, [row[0] for row in rows]
+    return {
+        "user": user.pk,
+        "vector": Vector(vector),
+        "text": text,
+        "candidates": K * CANDIDATES_PER_HIT,
+        "rrf_k": RRF_K,
+        "k": K,
+        "timeout": str(settings.RETRIEVAL_TIMEOUT_MS),
+        "ef": str(settings.HNSW_EF_SEARCH),
+    }
 
 
-def exact_top10(conn, sql: str, params: list, queries: list[str]) -> list[list[int]]:
+def timed(function: Callable, *args) -> tuple[float, float, Any]:
+    """Wall-clock seconds and this process's CPU seconds of one call, and what it returned."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def run_sql(conn, sql: str, params: dict, settings: list[str], cursor_factory=None) -> tuple[float, float, list[int]]:
+    """One statement in its own transaction after ``SET LOCAL``s: seconds and CPU seconds of the
+    statement and its fetch, and the ids."""
+    with conn.transaction():
+        conn.execute("; ".join(f"SET LOCAL {s}" for s in settings))
+        with (cursor_factory or conn.cursor_factory)(conn) as cur:
+            seconds, cpu, rows = timed(lambda: cur.execute(sql, params).fetchall())
+            return seconds, cpu, [row[0] for row in rows]
+
+
+def exact_top10(conn, sql: str, params: list[dict]) -> list[list[int]]:
     settings = ["enable_indexscan = off", "enable_bitmapscan = off", "jit = off", "statement_timeout = 0"]
-    return [run_sql(conn, sql, [q, *params[1:]], settings)[1] for q in queries]
+    return [run_sql(conn, sql, p, settings)[2] for p in params]
 
 
-def explain(conn, sql: str, params: list, settings: list[str]) -> list[str]:
+def explain(conn, sql: str, params: dict, settings: list[str]) -> list[str]:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("; ".join(f"SET LOCAL {s}" for s in settings))
-        cur.execute("EXPLAIN (ANALYZE, COSTS OFF, BUFFERS) " + sql, params)
-        return [re.sub(r"'\[[-0-9.e,]+\]'", "'[...]'", row[0]) for row in cur.fetchall()]
+        plan = cur.execute("EXPLAIN (ANALYZE, COSTS OFF, BUFFERS) " + sql, params).fetchall()
+        return [re.sub(r"'\[[-0-9.e,]+\]'", "'[...]'", row[0]) for row in plan]  # the vector, as the server shows it
 
 
 @dataclass
 class Config:
     label: str
-    ef: int
-    mode: str  # hnsw.iterative_scan, "product" for vector_search
+    call: Callable[[int], tuple[float, float, list[int]]]  # query -> seconds, CPU seconds, chunk ids
+    vector_only: bool = True  # recall against the exact vector top 10 applies
     latencies: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     results: dict[int, list[int]] = field(default_factory=dict)
-    sql: str | None = None  # instead of the product's SQL
 
-    def run(self, conn, sql: str, params: list, query: int, text: str, vector, user) -> None:
-        if self.mode == "product":
-            from django.conf import settings
-
-            from documents.search import vector_search
-
-            settings.HNSW_EF_SEARCH = self.ef
-            started = time.perf_counter()
-            hits = vector_search(user, vector, 10)
-            seconds = time.perf_counter() - started
-            ids = [hit.chunk_id for hit in hits]
-        else:
-            seconds, ids = run_sql(
-                conn, self.sql or sql, [text, *params[1:]],
-                [f"hnsw.ef_search = {self.ef}", f"hnsw.iterative_scan = {self.mode}"],
-            )  # fmt: skip
+    def run(self, query: int) -> None:
+        seconds, cpu, self.results[query] = self.call(query)
         self.latencies.append(seconds)
-        self.results[query] = ids
+        self.cpu.append(cpu)
 
 
-def measure(conn, args, sql, params, data: Data, texts, user, default_ef: int) -> list[Config]:
-    configs = [Config(f"vector_search (product), ef_search={ef}", ef, "product") for ef in args.ef]
-    configs += [Config(f"SQL ef_search={ef} iterative_scan={mode}", ef, mode)
-                for mode in MODES for ef in args.ef]  # fmt: skip
-    # The same query without fetching the two columns the product never uses from the rows.
-    # (ORDER BY names the column: the ORM orders by its position, which the removal shifts.)
-    slim = sql.replace('"documents_chunk"."embedding", "documents_chunk"."search_vector", ', "")
-    slim = re.sub(r"ORDER BY \d+ ASC", 'ORDER BY "distance" ASC', slim)
-    if slim != sql:
-        configs.append(Config(f"SQL ef_search={default_ef} relaxed_order, no embedding column",
-                              default_ef, "relaxed_order", sql=slim))  # fmt: skip
+def product_configs(data: Data, user, ef: int) -> list[Config]:
+    """The product's searches before (``bench/search_orm.py``) and now (``documents.search``), in
+    before/now pairs."""
+    from bench import search_orm as before
+    from documents import search as now
+
     vectors = [v.tolist() for v in data.queries]
-    shuffle = random.Random(args.seed)
-    for q in range(len(texts)):  # warm-up pass, not recorded
+
+    def call(search: Callable, with_text: bool) -> Callable:
+        def one(query: int) -> tuple[float, float, list[int]]:
+            words = [data.query_texts[query]] if with_text else []
+            seconds, cpu, hits = timed(search, user, *words, vectors[query], K)
+            return seconds, cpu, [hit.chunk_id for hit in hits]
+
+        return one
+
+    return [
+        Config(f"vector_search before (ORM), ef_search={ef}", call(before.vector_search, False)),
+        Config(f"vector_search now (one statement), ef_search={ef}", call(now.vector_search, False)),
+        Config(f"search (hybrid) before (ORM), ef_search={ef}", call(before.search, True), vector_only=False),
+        Config(f"search (hybrid) now (one statement), ef_search={ef}", call(now.search, True), vector_only=False),
+    ]
+
+
+def sql_configs(conn, args, sql: str, params: list[dict], default_ef: int) -> list[Config]:
+    import psycopg
+
+    def call(ef: int, mode: str, cursor_factory=None) -> Callable:
+        settings = [f"hnsw.ef_search = {ef}", f"hnsw.iterative_scan = {mode}"]
+        return lambda query: run_sql(conn, sql, params[query], settings, cursor_factory)
+
+    configs = [Config(f"SQL ef_search={ef} iterative_scan={mode}", call(ef, mode)) for mode in MODES for ef in args.ef]
+    label = f"SQL ef_search={default_ef} relaxed_order, client-side binding"
+    return [*configs, Config(label, call(default_ef, "relaxed_order", psycopg.ClientCursor))]
+
+
+def measure(configs: list[Config], queries: int, rounds: int, seed: int) -> None:
+    """A warm-up pass, then ``rounds`` timed passes, every configuration per query in a shuffled order."""
+    shuffle = random.Random(seed)
+    for q in range(queries):
         for config in configs:
-            config.run(conn, sql, params, q, texts[q], vectors[q], user)
+            config.run(q)
     for config in configs:
         config.latencies.clear()
-    for _ in range(args.rounds):
-        for q in range(len(texts)):
+        config.cpu.clear()
+    for _ in range(rounds):
+        for q in range(queries):
             for config in shuffle.sample(configs, len(configs)):
-                config.run(conn, sql, params, q, texts[q], vectors[q], user)
-    from django.conf import settings
-
-    settings.HNSW_EF_SEARCH = default_ef
-    return configs
+                config.run(q)
 
 
 def ms(seconds: list[float], q: float) -> float:
@@ -372,8 +439,8 @@ def ms(seconds: list[float], q: float) -> float:
 
 
 def recall(config: Config, exact: list[list[int]]) -> tuple[float, int]:
-    hits = [len(set(config.results[q]) & set(exact[q])) / 10 for q in range(len(exact))]
-    short = sum(1 for q in range(len(exact)) if len(config.results[q]) < 10)
+    hits = [len(set(config.results[q]) & set(exact[q])) / K for q in range(len(exact))]
+    short = sum(1 for q in range(len(exact)) if len(config.results[q]) < K)
     return sum(hits) / len(hits), short
 
 
@@ -382,88 +449,37 @@ def print_table(build: dict, configs: list[Config], exact) -> list[str]:
     lines = [
         f"HNSW m={build['m']}, ef_construction={build['ef_construction']}: {built}, {build['bytes'] / 2**20:.0f} MiB",
         "",
-        f"| {'configuration':<48} | {'p50 ms':>6} | {'p99 ms':>6} | {'recall@10':>9} | {'<10 rows':>8} | goals |",
-        f"|{'-' * 50}|{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 10}|-------|",
+        f"| {'configuration':<56} | {'p50 ms':>6} | {'p99 ms':>6} | {'CPU ms p50':>10} | {'CPU ms mean':>11} "
+        f"| {'recall@10':>9} | {'<10 rows':>8} | goals |",
+        f"|{'-' * 58}|{'-' * 8}|{'-' * 8}|{'-' * 12}|{'-' * 13}|{'-' * 11}|{'-' * 10}|-------|",
     ]
     for config in configs:
         p50, p99 = ms(config.latencies, 50), ms(config.latencies, 99)
+        cpu_mean = 1000 * sum(config.cpu) / len(config.cpu)
         r, short = recall(config, exact)
-        ok = "ok" if p50 <= 5 and p99 <= 20 and r >= 0.95 else "miss"
-        lines.append(f"| {config.label:<48} | {p50:>6.1f} | {p99:>6.1f} | {r:>9.3f} | {short:>8} | {ok:>5} |")
+        ok = "ok" if p50 <= 5 and p99 <= 20 and (r >= 0.95 or not config.vector_only) else "miss"
+        shown = f"{r:>9.3f}" if config.vector_only else f"{'-':>9}"
+        lines.append(
+            f"| {config.label:<56} | {p50:>6.1f} | {p99:>6.1f} | {ms(config.cpu, 50):>10.2f} | {cpu_mean:>11.2f} "
+            f"| {shown} | {short:>8} | {ok:>5} |"
+        )
     return lines
 
 
-def product_breakdown(user, data: Data, exact, default_ef: int) -> list[str]:
-    """Where a ``vector_search`` call spends its time (p50 per step over the queries), and the same
-    call with the two unused columns deferred (a product change, made here in the benchmark only)."""
-    from django.conf import settings
-    from django.db import transaction
-    from pgvector.django import CosineDistance
-
-    from documents import search
-
-    settings.HNSW_EF_SEARCH = default_ef
-    steps: dict[str, list[float]] = {}
-    originals = {
-        name: getattr(search, name) for name in ("readable_chunks", "_tune_vector_scan", "_exact_order", "fuse")
-    }
-
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                steps.setdefault(name, []).append(time.perf_counter() - started)
-
-        return wrapper
-
-    def deferred_search(vector):  # vector_search with .defer("embedding", "search_vector")
-        with transaction.atomic():
-            search._tune_vector_scan()
-            chunks = (
-                search.readable_chunks(user)
-                .defer("embedding", "search_vector")
-                .annotate(distance=CosineDistance("embedding", vector))
-            )
-            return search.fuse([search._exact_order(chunks.order_by("distance")[:10])], 10)
-
-    totals: dict[str, list[float]] = {"vector_search": [], "deferred": []}
-    found: dict[str, list[list[int]]] = {"vector_search": [], "deferred": []}
-    for vector in (v.tolist() for v in data.queries):
-        for name, call in (
-            ("vector_search", lambda v: search.vector_search(user, v, 10)),
-            ("deferred", deferred_search),
-        ):
-            for attr, function in originals.items():
-                setattr(search, attr, timed(f"{name}:{attr}", function))
-            try:
-                started = time.perf_counter()
-                hits = call(vector)
-                totals[name].append(time.perf_counter() - started)
-            finally:
-                for attr, function in originals.items():
-                    setattr(search, attr, function)
-            found[name].append([hit.chunk_id for hit in hits])
-
-    def p50(name: str) -> float:
-        return ms(steps[name], 50)
-
+def before_and_now(configs: list[Config], queries: int) -> list[str]:
+    """Per search, now against before: latency and CPU per call, and how far their top 10s agree."""
     lines = []
-    deferred_fields, _ = search.readable_chunks(user).query.deferred_loading
-    already = "; the product already defers them" if {"embedding", "search_vector"} <= set(deferred_fields) else ""
-    for name, label in (
-        ("vector_search", "vector_search as is"),
-        ("deferred", f"with .defer(embedding, search_vector){already}"),
-    ):
-        r = sum(len(set(a) & set(b)) for a, b in zip(found[name], exact, strict=True)) / (10 * len(exact))
-        rest = [t - sum(steps[f"{name}:{attr}"][i] for attr in originals) for i, t in enumerate(totals[name])]
+    for before, now in zip(configs[0::2], configs[1::2], strict=True):
+        name = before.label.split(" before")[0]
+        same_order = sum(before.results[q] == now.results[q] for q in range(queries))
+        same_set = sum(set(before.results[q]) == set(now.results[q]) for q in range(queries))
+        overlap = sum(len(set(before.results[q]) & set(now.results[q])) for q in range(queries)) / (K * queries)
+        cpu_before, cpu_now = sum(before.cpu) / len(before.cpu), sum(now.cpu) / len(now.cpu)
         lines.append(
-            f"  breakdown, {label}, ef_search={default_ef}, p50 per step: ACL query + queryset "
-            f"{p50(name + ':readable_chunks'):.1f} ms, SET LOCALs {p50(name + ':_tune_vector_scan'):.1f} ms, "
-            f"SELECT + rows to models {p50(name + ':_exact_order'):.1f} ms, hits {p50(name + ':fuse'):.2f} ms, "
-            f"rest (transaction, ...) {ms(rest, 50):.1f} ms; total p50 "
-            f"{ms(totals[name], 50):.1f} / p99 {ms(totals[name], 99):.1f} ms; recall {r:.3f}"
+            f"  {name}, now vs before: p50 {ms(before.latencies, 50):.1f} -> {ms(now.latencies, 50):.1f} ms, "
+            f"CPU mean {1000 * cpu_before:.2f} -> {1000 * cpu_now:.2f} ms per call ({cpu_before / cpu_now:.1f}x less); "
+            f"top 10: same ids in the same order for {same_order}/{queries} queries, same set for "
+            f"{same_set}/{queries}, {100 * overlap:.1f}% of the ids shared"
         )
     return lines
 
@@ -491,7 +507,7 @@ def numpy_top10(data: Data, readable_chunk_mask) -> list[list[int]]:
 
     ids = np.flatnonzero(readable_chunk_mask)
     scores = data.queries @ data.vectors[ids].T
-    top = np.argsort(-scores, axis=1)[:, :10]
+    top = np.argsort(-scores, axis=1)[:, :K]
     return [[int(ids[i]) + 1 for i in row] for row in top]
 
 
@@ -540,15 +556,17 @@ def main() -> int:
         f"documents; {READER} reads {names} = {int(readable_chunks.sum())} chunks "
         f"({100 * readable_chunks.mean():.0f}%)"
     )
-    sql, params = product_sql(user)
-    texts = [vector_text(v) for v in data.queries]
+    from documents.search import hybrid_sql
+
+    sql = hybrid_sql(vector=True, text=False)
+    params = [statement_params(user, v) for v in data.queries]
 
     print("exact top 10 (sequential scan) ...", flush=True)
     started = time.perf_counter()
-    exact = exact_top10(conn, sql, params, texts)
-    exact_seconds = (time.perf_counter() - started) / len(texts)
+    exact = exact_top10(conn, sql, params)
+    exact_seconds = (time.perf_counter() - started) / len(params)
     by_numpy = numpy_top10(data, readable_chunks)
-    agreement = sum(len(set(a) & set(b)) for a, b in zip(exact, by_numpy, strict=True)) / (10 * len(exact))
+    agreement = sum(len(set(a) & set(b)) for a, b in zip(exact, by_numpy, strict=True)) / (K * len(exact))
     stats = similarity_stats(data, readable_docs, by_numpy)
     print(stats)
     print(
@@ -578,10 +596,11 @@ def main() -> int:
         print("  timing ...", flush=True)
         load_before = os.getloadavg()[0]
         cpu_before, wall_before = machine_cpu_seconds(), time.monotonic()
-        configs = measure(conn, args, sql, params, data, texts, user, default_ef)
+        configs = product_configs(data, user, default_ef) + sql_configs(conn, args, sql, params, default_ef)
+        measure(configs, len(params), args.rounds, args.seed)
         busy = 100 * (machine_cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
         lines = print_table(build, configs, exact)
-        lines += product_breakdown(user, data, exact, default_ef)
+        lines += before_and_now(configs[:4], len(params))
         lines.append(
             f"(timing: loadavg {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; machine busy "
             f"{busy:.0f}% of one core meanwhile, this client and Postgres included)"
@@ -590,7 +609,7 @@ def main() -> int:
         report += ["", *lines]
         if not plans:
             settings_ = [f"hnsw.ef_search = {default_ef}", "hnsw.iterative_scan = relaxed_order"]
-            plans = explain(conn, sql, [texts[0], *params[1:]], settings_)
+            plans = explain(conn, sql, params[0], settings_)
 
     print()
     print("=" * 100)
@@ -600,11 +619,12 @@ def main() -> int:
     print(
         f"exact top 10: {1000 * exact_seconds:.0f} ms per query by sequential scan; numpy agreement {100 * agreement:.2f}%"
     )
-    print(f"latency: {args.rounds} x {len(texts)} queries per configuration; SQL rows time the SELECT only, "
-          "product rows the whole vector_search call (ACL query, SET LOCALs, ORM, hits)")  # fmt: skip
+    print(f"latency: {args.rounds} x {len(params)} queries per configuration; SQL rows time the statement and "
+          "its fetch only, product rows the whole call (Hit objects included); CPU: this process's "
+          "time.process_time per call, PostgreSQL's excluded")  # fmt: skip
     print("\n".join(report))
     print()
-    print("plan of the product query (ef_search from settings, relaxed_order), first query:")
+    print("plan of the product's vector-only statement (ef_search from settings, relaxed_order), first query:")
     print("\n".join(f"    {line}" for line in plans))
     final = current_index(conn)
     print(f"index left in {BENCH_DB}: {final}")

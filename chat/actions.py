@@ -59,24 +59,18 @@ def do_record_question(user, conversation_id: int | None, text: str, client_id: 
         return existing
     try:
         with transaction.atomic():
-            if conversation_id is None:
-                conversation = Conversation.objects.create(user=user, title=title_from(text))
+            if conversation_id is None:  # a new conversation: no history, updated_at is now
+                conversation, history = Conversation.objects.create(user=user, title=title_from(text)), []
             else:
                 conversation = access_conversation(user, conversation_id)
-            history = _history(conversation)
+                history = _history(conversation)
+                conversation.save(update_fields=["updated_at"])
             question = Message.objects.create(
-                conversation=conversation,
-                role=Message.Role.USER,
-                text=text,
-                client_id=uuid.UUID(client_id),
+                conversation=conversation, role=Message.Role.USER, text=text, client_id=uuid.UUID(client_id)
             )
             answer = Message.objects.create(
-                conversation=conversation,
-                role=Message.Role.ASSISTANT,
-                reply_to=question,
-                status=Message.Status.PENDING,
+                conversation=conversation, role=Message.Role.ASSISTANT, reply_to=question, status=Message.Status.PENDING
             )
-            conversation.save(update_fields=["updated_at"])
     except IntegrityError:
         # The same client_id raced in on another connection: the first one won.
         found = _find_by_client_id(user, client_id)
@@ -87,25 +81,15 @@ def do_record_question(user, conversation_id: int | None, text: str, client_id: 
 
 
 def _find_by_client_id(user, client_id: str) -> Asked | None:
-    question = (
-        Message.objects.filter(
-            conversation__user=user,
-            role=Message.Role.USER,
-            client_id=uuid.UUID(client_id),
-        )
-        .select_related("reply")
+    row = (
+        Message.objects.filter(conversation__user=user, role=Message.Role.USER, client_id=uuid.UUID(client_id))
+        .values_list("conversation_id", "pk", "reply__pk", "text", "reply__status")
         .first()
     )
-    if question is None:
+    if row is None:
         return None
-    return Asked(
-        question.conversation_id,
-        question.pk,
-        question.reply.pk,
-        question.text,
-        duplicate=True,
-        answer_status=question.reply.status,
-    )
+    conversation_id, question_id, answer_id, text, answer_status = row
+    return Asked(conversation_id, question_id, answer_id, text, duplicate=True, answer_status=answer_status)
 
 
 def _history(conversation: Conversation) -> list[Turn]:

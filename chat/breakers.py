@@ -70,10 +70,6 @@ class Breakers:
         self.fallback = LocalFallback("circuit breakers")
         self.last_errors: dict[str, tuple[float, str]] = {}
 
-    @property
-    def using_fallback(self) -> bool:
-        return self.fallback.active
-
     def factory(self) -> AsyncCircuitBreakerFactory:
         return self.shared if self.shared is not None and not self.fallback.active else self.local
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -25,7 +26,7 @@ from .janitor import janitor
 from .models import Message
 from .protocol import ProtocolError, check_frame
 from .ratelimit import question_limiter
-from .slots import check_user_generations, track_user_generation
+from .slots import user_generations
 
 logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
@@ -100,24 +101,25 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_frame(protocol.error_frame(InternalError(), client_id=client_id))
 
     async def handle_ask(self, frame: protocol.AskFrame) -> None:
-        check_user_generations(self.user.pk)
-        await question_limiter().check(self.user.pk)
-        asked = await db_async(do_record_question)(
-            self.user, frame["conversation_id"], frame["text"], frame["client_id"]
-        )
-        await self.send_frame(
-            protocol.ack_frame(
-                frame["client_id"],
-                asked.question_id,
-                asked.answer_id,
-                asked.conversation_id,
-                asked.duplicate,
+        release = await user_generations().acquire(self.user.pk)
+        try:
+            await question_limiter().check(self.user.pk)
+            asked = await db_async(do_record_question)(
+                self.user, frame["conversation_id"], frame["text"], frame["client_id"]
             )
-        )
+            await self.send_frame(
+                protocol.ack_frame(
+                    frame["client_id"], asked.question_id, asked.answer_id, asked.conversation_id, asked.duplicate
+                )
+            )
+        except BaseException:
+            await release()
+            raise
         if asked.duplicate:
+            await release()
             await self._replay(asked)
             return
-        self._start_answer(asked)
+        self._start_answer(asked, release)
 
     async def handle_stop(self, frame: protocol.StopFrame) -> None:
         task = self.tasks.get(frame["answer_id"])
@@ -130,16 +132,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def handle_ping(self, frame: protocol.PingFrame) -> None:
         await self.send_frame(protocol.pong_frame())
 
-    def _start_answer(self, asked: Asked) -> None:
-        task = asyncio.get_running_loop().create_task(answer_question(self.user, asked, self.send_frame))
+    def _start_answer(self, asked: Asked, release: Callable[[], Awaitable[None]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(asked, release))
         self.tasks[asked.answer_id] = task
-        release = track_user_generation(self.user.pk)
+        task.add_done_callback(lambda _: self.tasks.pop(asked.answer_id, None))
 
-        def done(_: asyncio.Task) -> None:
-            self.tasks.pop(asked.answer_id, None)
-            release()
-
-        task.add_done_callback(done)
+    async def _answer(self, asked: Asked, release: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await answer_question(self.user, asked, self.send_frame)
+        finally:
+            await asyncio.shield(release())  # the user's place, also when the answer is stopped
 
     async def _replay(self, asked: Asked) -> None:
         """A resent question: show the stored answer if it has finished."""

@@ -59,10 +59,6 @@ class QuestionLimiter:
             stats = await limiter.get_window_stats(self.item, NAMESPACE, key)
             raise RateLimited(max(1, math.ceil(stats.reset_time - time.time())))
 
-    @property
-    def using_fallback(self) -> bool:
-        return self.fallback.active
-
     def _limiter(self) -> MovingWindowRateLimiter:
         return self.shared if self.shared is not None and not self.fallback.active else self.local
 

@@ -11,9 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
+from common import redis
 from common.aio import per_loop
+from common.redis import LocalFallback
 
+from .actions import answer_deadline_seconds
 from .errors import ChatError
 from .llm import get_provider
 
@@ -94,21 +98,54 @@ class TooManyGenerations(ChatError):
         )
 
 
-_user_generations: Counter[int] = Counter()  # answers in progress per user in this process
+class UserGenerations:
+    """Answers in progress per user: in Redis when configured, so every server process counts the
+    same user, else in this process. Taking a place is atomic (no check-then-count across an
+    await), so several sockets of one user asking at the same moment cannot all slip through."""
+
+    def __init__(self) -> None:
+        self.local: Counter[int] = Counter()
+        self.shared = redis.async_client() if settings.REDIS_URL else None
+        self.fallback = LocalFallback("per-user answer limits")
+
+    async def acquire(self, user_id: int) -> Callable[[], Awaitable[None]]:
+        """Count one more answer in progress for ``user_id`` or raise ``TooManyGenerations``;
+        returns the coroutine function that gives the place back (await it when the answer ends)."""
+        if self.shared is not None and not self.fallback.active:
+            try:
+                return await self._acquire_shared(self.shared, user_id)
+            except RedisError:
+                self.fallback.start()
+        return self._acquire_local(user_id)
+
+    def _acquire_local(self, user_id: int) -> Callable[[], Awaitable[None]]:
+        if self.local[user_id] >= settings.MAX_GENERATIONS_PER_USER:
+            raise TooManyGenerations()
+        self.local[user_id] += 1
+
+        async def release() -> None:
+            self.local[user_id] -= 1
+            if self.local[user_id] <= 0:
+                del self.local[user_id]
+
+        return release
+
+    async def _acquire_shared(self, client, user_id: int) -> Callable[[], Awaitable[None]]:
+        key = f"docchat:generations:{user_id}"
+        async with client.pipeline(transaction=True) as pipe:
+            # The expiry forgets the places of a process that died without giving them back.
+            count, _ = await pipe.incr(key).expire(key, int(answer_deadline_seconds())).execute()
+        if count > settings.MAX_GENERATIONS_PER_USER:
+            await client.decr(key)
+            raise TooManyGenerations()
+
+        async def release() -> None:
+            try:
+                await client.decr(key)
+            except RedisError:
+                pass  # the key's expiry gives the place back
+
+        return release
 
 
-def check_user_generations(user_id: int) -> None:
-    if _user_generations[user_id] >= settings.MAX_GENERATIONS_PER_USER:
-        raise TooManyGenerations()
-
-
-def track_user_generation(user_id: int) -> Callable[[], None]:
-    """Count one more answer in progress for ``user_id``; call the result when it ends."""
-    _user_generations[user_id] += 1
-
-    def release() -> None:
-        _user_generations[user_id] -= 1
-        if _user_generations[user_id] <= 0:
-            del _user_generations[user_id]
-
-    return release
+user_generations = per_loop(UserGenerations)

@@ -39,6 +39,15 @@ def ping() -> None:
     redis.Redis.from_url(settings.REDIS_URL, **timeout_options()).ping()
 
 
+def async_client():
+    """A redis-py asyncio client for ``settings.REDIS_URL`` (create one per event loop)."""
+    import redis.asyncio
+
+    if not settings.REDIS_URL:
+        raise RuntimeError("REDIS_URL is not set")
+    return redis.asyncio.Redis.from_url(settings.REDIS_URL, **timeout_options())
+
+
 class LocalFallback:
     """Whether a Redis-shared store of this process is on local memory for now, and until when."""
 

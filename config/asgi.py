@@ -15,11 +15,11 @@ from config.settings import describe_configuration  # noqa: E402
 
 logging.getLogger("config").info("configuration: %s", describe_configuration())  # secrets masked
 
-from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 
 import chat.routing
+from chat.middleware import SocketAuthMiddlewareStack
 from monitoring.live import SamplerMiddleware
 
 application = SamplerMiddleware(
@@ -27,7 +27,7 @@ application = SamplerMiddleware(
         {
             "http": django_asgi_app,
             "websocket": AllowedHostsOriginValidator(
-                AuthMiddlewareStack(URLRouter(chat.routing.websocket_urlpatterns))
+                SocketAuthMiddlewareStack(URLRouter(chat.routing.websocket_urlpatterns))
             ),
         }
     )

@@ -338,6 +338,26 @@ RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 30, minimum=1)
 MAX_GENERATIONS_PER_USER = env_int("MAX_GENERATIONS_PER_USER", 3, minimum=1)
 STREAM_COALESCE_MS = env_int("STREAM_COALESCE_MS", 25)
 
+# --- Serving (manage.py serve: uvicorn) -----------------------------------------------------------
+# One process uses one core. Several processes share rate limits, breakers and limits only through
+# Redis, so without REDIS_URL the default (and the only accepted value) is one process.
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", (os.cpu_count() or 1) if REDIS_URL else 1, minimum=1)
+if WEB_CONCURRENCY > 1 and not REDIS_URL:
+    raise ImproperlyConfigured(
+        f"WEB_CONCURRENCY={WEB_CONCURRENCY} needs REDIS_URL: without Redis each process would keep its own "
+        "rate limits and circuit breakers"
+    )
+# Several workers write their Prometheus figures under here (multiprocess mode), one folder per server;
+# ``manage.py serve`` hands the folder to its workers in PROMETHEUS_MULTIPROC_DIR.
+METRICS_DIR = VAR_DIR / "metrics"
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+# Connections the kernel queues while the server is busy accepting: a reconnect storm of hundreds
+# of browsers must not be refused (daphne's fixed 50 refused 13-39 of 200 simultaneous connects).
+LISTEN_BACKLOG = env_int("LISTEN_BACKLOG", 2048, minimum=64)
+# The transport closes a connection (1009) on a message above this; frames between MAX_FRAME_BYTES
+# and it still get a clear ``frame_too_large`` error from the chat.
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 4 * MAX_FRAME_BYTES, minimum=MAX_FRAME_BYTES)
+
 # --- Logging ----------------------------------------------------------------------------------
 LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()
 if LOG_LEVEL not in logging.getLevelNamesMapping():

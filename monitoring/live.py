@@ -5,11 +5,14 @@ on the first connection of any kind (never at import)."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
 import time
 from collections import deque
 
 from django.conf import settings
 from django.db import connections
+from prometheus_client import multiprocess
 
 from chat.slots import generation_slots
 from common.aio import per_loop
@@ -106,6 +109,9 @@ class SamplerMiddleware:
 
     def __init__(self, app) -> None:
         self.app = app
+        if settings.PROMETHEUS_MULTIPROC_DIR:
+            # A worker that exits takes its live gauges (connections, generations, pool) with it.
+            atexit.register(multiprocess.mark_process_dead, os.getpid())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):

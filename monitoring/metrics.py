@@ -30,17 +30,29 @@ TOKENS = Counter("docchat_tokens_streamed_total", "Answer deltas streamed to cli
 ANSWERS = Counter("docchat_answers_total", "Finished answers by status", ["status"])
 ERRORS = Counter("docchat_errors_total", "Error frames sent, by code", ["code"])
 
-# Load on this process: sockets, generation slots, the event loop.
-ACTIVE_CONNECTIONS = Gauge("docchat_websocket_connections", "Open chat WebSocket connections")
-ACTIVE_GENERATIONS = Gauge("docchat_active_generations", "Answers holding a generation slot")
-QUEUE_DEPTH = Gauge("docchat_generation_queue_depth", "Answers waiting for a generation slot")
-LOOP_LAG = Gauge("docchat_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer (last sample)")
+# Load on this process: sockets, generation slots, the event loop. With several worker processes
+# (Prometheus multiprocess mode, set up by ``manage.py serve``) a scrape adds up the live workers'
+# loads and shows the worst loop lag.
+ACTIVE_CONNECTIONS = Gauge(
+    "docchat_websocket_connections", "Open chat WebSocket connections", multiprocess_mode="livesum"
+)
+ACTIVE_GENERATIONS = Gauge(
+    "docchat_active_generations", "Answers holding a generation slot", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "docchat_generation_queue_depth", "Answers waiting for a generation slot", multiprocess_mode="livesum"
+)
+LOOP_LAG = Gauge(
+    "docchat_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer (last sample)", multiprocess_mode="max"
+)
 
-# Dependencies: the DB pool and the circuit breakers.
-POOL_SIZE = Gauge("docchat_db_pool_size", "Connections the pool holds")
-POOL_IN_USE = Gauge("docchat_db_pool_in_use", "Pool connections lent out")
-POOL_WAITING = Gauge("docchat_db_pool_waiting", "Requests waiting for a pool connection")
-BREAKER_OPEN = Gauge("docchat_circuit_breaker_open", "1 if the breaker is open (or half-open), else 0", ["name"])
+# Dependencies: the DB pools and the circuit breakers.
+POOL_SIZE = Gauge("docchat_db_pool_size", "Connections the pools hold", multiprocess_mode="livesum")
+POOL_IN_USE = Gauge("docchat_db_pool_in_use", "Pool connections lent out", multiprocess_mode="livesum")
+POOL_WAITING = Gauge("docchat_db_pool_waiting", "Requests waiting for a pool connection", multiprocess_mode="livesum")
+BREAKER_OPEN = Gauge(
+    "docchat_circuit_breaker_open", "1 if the breaker is open (or half-open), else 0", ["name"], multiprocess_mode="max"
+)
 
 
 class Rolling:

@@ -16,7 +16,7 @@ from django_tasks_db.models import DBTaskResult
 from chat.breakers import breakers
 from chat.llm import get_provider
 from chat.ratelimit import question_limiter
-from chat.slots import generation_slots
+from chat.slots import generation_slots, user_generations
 from documents.models import Document
 from documents.recovery import live_workers
 
@@ -108,7 +108,7 @@ def _tokens_per_second() -> float:
 def _redis_state() -> dict:
     if not settings.REDIS_URL:
         return {"configured": False}
-    fallback = question_limiter().using_fallback or breakers().using_fallback
+    fallback = any(store.fallback.active for store in (question_limiter(), breakers(), user_generations()))
     return {"configured": True, "fallback_to_local": fallback}
 
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -239,20 +243,20 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """daphne serving the real ASGI app in a subprocess, on this test run's database."""
+    """The product's server (``manage.py serve``: uvicorn) in a subprocess, on this test run's database."""
 
     def __init__(self, fake_groq, **env) -> None:
         self.port = free_port()
-        self.env = subprocess_env(
-            LLM_PROVIDER="groq",
-            GROQ_API_KEY="test-key-not-secret",
-            GROQ_BASE_URL=fake_groq.base_url,
-            GROQ_MODEL="fake-model",
-            RATE_LIMIT_PER_MINUTE=10_000,
-            **env,
-        )
+        defaults = {
+            "LLM_PROVIDER": "groq",
+            "GROQ_API_KEY": "test-key-not-secret",
+            "GROQ_BASE_URL": fake_groq.base_url,
+            "GROQ_MODEL": "fake-model",
+            "RATE_LIMIT_PER_MINUTE": 10_000,
+        }
+        self.env = subprocess_env(**(defaults | env))
         self.process = None
-        self.log_path = ARTIFACTS / f"daphne-{self.port}.log"
+        self.log_path = ARTIFACTS / f"server-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -267,7 +271,7 @@ class LiveServer:
         ARTIFACTS.mkdir(exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"],
+            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=log, stderr=log,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -277,9 +281,9 @@ class LiveServer:
                     return self
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"daphne exited; see {self.log_path}") from None
+                    raise RuntimeError(f"the server exited; see {self.log_path}") from None
                 time.sleep(0.2)  # waiting for the server to listen
-        raise RuntimeError(f"daphne did not start; see {self.log_path}")
+        raise RuntimeError(f"the server did not start; see {self.log_path}")
 
     def stop(self) -> None:
         import signal
@@ -298,7 +302,43 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture
-def daphne_server(transactional_db, fake_groq):
+def redis_server(tmp_path):
+    """A Redis of our own on a free port, so the test can kill it."""
+    executable = shutil.which("redis-server")
+    assert executable, "redis-server is required (installed on this kind of machine)"
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis_lib.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis_lib.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)  # waiting for the server to listen
+    yield {"url": f"redis://127.0.0.1:{port}/0", "client": client, "process": process}
+    process.kill()
+    process.wait(10)
+
+
+@pytest.fixture
+def web_server(transactional_db, fake_groq):
     server = LiveServer(fake_groq).start()
     yield server
     server.stop()

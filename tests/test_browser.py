@@ -1,4 +1,4 @@
-"""The chat in a real browser: Debian's Chromium driven by Playwright, against daphne + fake LLM.
+"""The chat in a real browser: Debian's Chromium driven by Playwright, against the real server (manage.py serve) + fake LLM.
 
 Screenshots go to test-artifacts/.
 """
@@ -33,11 +33,11 @@ def browser():
 
 
 @pytest.fixture
-def page(people, daphne_server, browser):  # ORM work first: Playwright runs a loop in this thread
+def page(people, web_server, browser):  # ORM work first: Playwright runs a loop in this thread
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(30_000)
-    page.goto(daphne_server.url + "/")
+    page.goto(web_server.url + "/")
     page.fill("#id_username", "alice")
     page.fill("#id_password", "alice-pass-123")
     page.click("button[type=submit]")
@@ -60,7 +60,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(page, daphne_server):
+def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(page, web_server):
     # tokens appear progressively
     ask(page, "[[fake tokens=80 delay=0.05]] Where do zebras migrate?")
     answer = last_answer(page)
@@ -98,10 +98,10 @@ def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(page, daphne
     # server killed and restarted mid-answer: the client reconnects and shows the saved state
     ask(page, "[[fake tokens=600 delay=0.05]] Zebras again, at length")
     page.locator(".msg.assistant").nth(2).locator(".body").filter(has_text="You asked").wait_for()
-    daphne_server.stop()
+    web_server.stop()
     page.locator("#connection.warn").wait_for()
     shot(page, "4-disconnected")
-    daphne_server.start()
+    web_server.start()
     page.wait_for_selector("#connection.ok", timeout=30_000)
     # Reconnected, the page reloaded the conversation from the server: all three questions are
     # there. (That the server saves the interrupted answer as stopped is asserted at the protocol
@@ -120,9 +120,9 @@ def dave(transactional_db):
     return make_user("dave")
 
 
-def test_it_sends_a_logged_out_visitor_to_the_login_page(dave, daphne_server, browser):
+def test_it_sends_a_logged_out_visitor_to_the_login_page(dave, web_server, browser):
     page = browser.new_page()
-    page.goto(daphne_server.url + "/")
+    page.goto(web_server.url + "/")
     assert "/login/" in page.url
     page.fill("#id_username", "dave")
     page.fill("#id_password", "wrong password")
@@ -132,11 +132,11 @@ def test_it_sends_a_logged_out_visitor_to_the_login_page(dave, daphne_server, br
     page.close()
 
 
-def test_the_dashboard_draws_charts_and_updates_live_during_a_chat(people, operator, daphne_server, browser):
+def test_the_dashboard_draws_charts_and_updates_live_during_a_chat(people, operator, web_server, browser):
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     dashboard = context.new_page()
     dashboard.set_default_timeout(30_000)
-    dashboard.goto(daphne_server.url + "/admin/login/?next=/monitoring/")
+    dashboard.goto(web_server.url + "/admin/login/?next=/monitoring/")
     dashboard.fill("#id_username", "operator")
     dashboard.fill("#id_password", "operator-pass-123")
     dashboard.click("input[type=submit]")
@@ -144,7 +144,7 @@ def test_the_dashboard_draws_charts_and_updates_live_during_a_chat(people, opera
     assert dashboard.inner_text("#active-generations") == "0"
 
     chat = context.new_page()
-    chat.goto(daphne_server.url + "/")
+    chat.goto(web_server.url + "/")
     chat.wait_for_selector("#connection.ok")
     ask(chat, "[[fake tokens=300 delay=0.05]] Where do zebras migrate?")
     dashboard.wait_for_function("document.querySelector('#active-generations').textContent === '1'")

@@ -8,18 +8,18 @@ from django.core.management import CommandError, call_command
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def test_monitor_once_prints_the_servers_summary_as_json(operator, daphne_server, capsys):
-    call_command("monitor", "--once", "--url", daphne_server.url)
+def test_monitor_once_prints_the_servers_summary_as_json(operator, web_server, capsys):
+    call_command("monitor", "--once", "--url", web_server.url)
     summary = json.loads(capsys.readouterr().out)
     assert summary["llm"] == {"provider": "groq", "model": "fake-model"}
     assert {b["name"] for b in summary["breakers"]} == {"llm", "embedding", "retrieval"}
     assert summary["pool"]["max"] == 10
 
 
-def test_breakers_lists_and_resets(operator, daphne_server, capsys):
-    call_command("breakers", "--url", daphne_server.url)
+def test_breakers_lists_and_resets(operator, web_server, capsys):
+    call_command("breakers", "--url", web_server.url)
     assert "llm        closed" in capsys.readouterr().out
-    call_command("breakers", "--reset", "llm", "--url", daphne_server.url)
+    call_command("breakers", "--reset", "llm", "--url", web_server.url)
     assert "breaker llm reset" in capsys.readouterr().out
 
 

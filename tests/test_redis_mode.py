@@ -1,55 +1,16 @@
 """REDIS_URL set: breaker state and rate limits are shared through a real Redis; when that Redis
 dies mid-run, chats keep working on local memory instead of hanging."""
 
-import shutil
-import subprocess
 import time
 
 import pytest
-import redis as redis_lib
 from django.test import AsyncClient
 
 from chat.breakers import Breakers
 from chat.ratelimit import QuestionLimiter, RateLimited
-from tests.conftest import free_port, make_staff
+from tests.conftest import make_staff
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    """A Redis of our own on a free port, so the test can kill it."""
-    executable = shutil.which("redis-server")
-    assert executable, "redis-server is required (installed on this kind of machine)"
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            executable,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis_lib.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis_lib.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)  # waiting for the server to listen
-    yield {"url": f"redis://127.0.0.1:{port}/0", "client": client, "process": process}
-    process.kill()
-    process.wait(10)
 
 
 @pytest.fixture
