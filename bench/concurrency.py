@@ -322,10 +322,9 @@ columns: chats: questions asked (per level: N x runs); conn fail: WebSockets tha
   cpu/answer: CPU of all the server's processes (master and workers) over the level's window (after
   the warm-up), per complete answer; db peak: most of the server's PostgreSQL connections open at
   once (pg_stat_activity by DB_APPLICATION_NAME, polled every 100 ms);
-  lag max: worst event-loop lag in ms (loop_lag_ms.max of /monitoring/api/summary, the maximum since
-  the process started, read before and after the level; "<=X": no new worst during the level, whose
-  own worst is then hidden by an earlier one, often the start-up's: lazy imports, the model's load);
-  with several workers it is per worker, best effort (3 reads per worker, each reaching one of them);
+  lag max: worst event-loop lag in ms during the level (loop_lag_ms.max_since of
+  /monitoring/api/summary?lag_since=<the level's start>, read after it; the server probes its loop
+  every 0.5 s); with several workers it is per worker, best effort (3 reads per worker);
   cpu%: over the level's wall time, 100 = one core; machine = all of it (PostgreSQL and anything else)"""
 
 

@@ -90,11 +90,11 @@ class DbConnectionPeak:
 
 
 class LoopLag:
-    """The server's worst event-loop lag so far: ``loop_lag_ms.max`` of GET /monitoring/api/summary,
-    as staff. The figure belongs to one process; with several workers each request reaches one of
-    them, so it is read three times per worker and the largest kept (best effort: a worker no read
-    reached is not seen). Only read outside a level's window: one summary costs the server ~14 ms of
-    CPU (measured on the 2-core machine), as much as a tenth of a solo chat."""
+    """The server's worst event-loop lag since a moment: ``loop_lag_ms.max_since`` of GET
+    /monitoring/api/summary?lag_since=T, as staff. The figure belongs to one process; with several
+    workers each request reaches one of them, so it is read three times per worker and the largest
+    kept (best effort: a worker no read reached is not seen). Only read after a level's window: one
+    summary costs the server ~14 ms of CPU (measured on the 2-core machine)."""
 
     def __init__(self, servers: Servers, staff_cookie: str) -> None:
         self.url = f"{servers.server_url}/monitoring/api/summary"
@@ -102,11 +102,12 @@ class LoopLag:
         self.reads = 1 if servers.workers == 1 else 3 * servers.workers
         self.error = ""
 
-    def worst(self) -> float | None:
+    def worst(self, since: float) -> float | None:
         seen = []
         for _ in range(self.reads):
             try:
-                seen.append(float(http_json(self.url, cookie=self.cookie)["loop_lag_ms"]["max"]))
+                summary = http_json(f"{self.url}?lag_since={since}", cookie=self.cookie)
+                seen.append(float(summary["loop_lag_ms"]["max_since"]))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 self.error = f"{type(exc).__name__}: {exc}"[:120]
         return max(seen, default=None)
@@ -120,31 +121,25 @@ class Observation:
     cpu: dict[str, float]  # CPU seconds: server (all its processes), llm, clients, machine
     db_peak: int | None  # most of the server's connections open at once in PostgreSQL
     db_error: str
-    lag_before: float | None  # the worst loop lag (ms) before the level, and after it
-    lag_after: float | None
+    lag_max: float | None  # the worst loop lag (ms) during the level
     lag_error: str  # the last failed read, if any
 
     def percent(self, name: str) -> float:
         return 100 * self.cpu[name] / self.wall if self.wall else 0.0
 
     def lag(self) -> str:
-        """The level's worst loop lag in ms; "<=X" when no read saw a new worst during the level (the
-        figure is the maximum since the process started, so only a rise belongs to the level)."""
-        if self.lag_after is None:
-            return "-"
-        if self.lag_before is not None and self.lag_after <= self.lag_before:
-            return f"<={self.lag_after:.0f}"
-        return f"{self.lag_after:.0f}"
+        """The level's worst loop lag in ms ("-" if it could not be read)."""
+        return "-" if self.lag_max is None else f"{self.lag_max:.0f}"
 
 
 async def observed(servers: Servers, lag: LoopLag, workload: Awaitable[T]) -> tuple[T, Observation]:
     """Run ``workload`` while measuring the server; the loop lag is read just outside the window, so
     the reads cost the server no CPU inside it."""
     lag.error = ""
-    lag_before = await asyncio.to_thread(lag.worst)
+    started = time.time()
     meter = process_meter(servers)
     with DbConnectionPeak(servers.app_name) as db:
         outcome = await workload
     wall, cpu = time.monotonic() - meter.start, meter.seconds()
-    lag_after = await asyncio.to_thread(lag.worst)
-    return outcome, Observation(wall, cpu, db.peak, db.error, lag_before, lag_after, lag.error)
+    lag_max = await asyncio.to_thread(lag.worst, started)
+    return outcome, Observation(wall, cpu, db.peak, db.error, lag_max, lag.error)

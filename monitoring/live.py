@@ -50,6 +50,7 @@ class Sampler:
         self.task: asyncio.Task | None = None
         self.lag = 0.0
         self.max_lag = 0.0
+        self.lags: deque[tuple[float, float]] = deque(maxlen=1200)  # (time, lag): the last 10 minutes
         self.samples: deque[dict] = deque(maxlen=360)
         self._answers_seen = 0
         self._errors_seen = 0
@@ -65,10 +66,15 @@ class Sampler:
             await asyncio.sleep(LAG_PROBE_EVERY)  # the probe: how late does the loop wake us?
             self.lag = max(0.0, time.monotonic() - before - LAG_PROBE_EVERY)
             self.max_lag = max(self.max_lag, self.lag)
+            self.lags.append((time.time(), self.lag))
             metrics.LOOP_LAG.set(self.lag)
             if time.monotonic() >= next_sample:
                 self.samples.append(self.snapshot())
                 next_sample += SAMPLE_EVERY
+
+    def max_lag_since(self, since: float) -> float:
+        """The worst lag measured since the Unix time ``since`` (within the last 10 minutes)."""
+        return max((lag for at, lag in self.lags if at >= since), default=0.0)
 
     def snapshot(self, record: bool = True) -> dict:
         """One chart point; also refreshes the gauges Prometheus scrapes. ``record=False`` only

@@ -25,8 +25,9 @@ from . import live, metrics
 _alert_since: dict[str, float] = {}
 
 
-async def build_summary() -> dict:
-    """Everything the dashboard shows, from this process and the database."""
+async def build_summary(lag_since: float | None = None) -> dict:
+    """Everything the dashboard shows, from this process and the database; with ``lag_since`` (a
+    Unix time), also the worst event-loop lag since then (a benchmark's window, say)."""
     live.sampler().ensure_running()
     slots = generation_slots()
     provider = get_provider()
@@ -44,6 +45,8 @@ async def build_summary() -> dict:
         "loop_lag_ms": {
             "last": round(live.sampler().lag * 1000, 1),
             "max": round(live.sampler().max_lag * 1000, 1),
+            "last_minute_max": round(live.sampler().max_lag_since(time.time() - 60) * 1000, 1),
+            **({"max_since": round(live.sampler().max_lag_since(lag_since) * 1000, 1)} if lag_since else {}),
         },
         "latency": metrics.latency_summary(),
         "tokens_per_second": _tokens_per_second(),

@@ -141,7 +141,11 @@ SECTIONS = {"summary", "pool", "breakers", "streams", "jobs", "alerts"}
 async def api(request, section: str = "summary"):
     if section not in SECTIONS:
         return JsonResponse({"error": f"unknown section {section!r}"}, status=404)
-    summary = await build_summary()
+    try:
+        lag_since = float(request.GET["lag_since"]) if "lag_since" in request.GET else None
+    except ValueError:
+        return JsonResponse({"error": "lag_since must be a Unix time in seconds"}, status=400)
+    summary = await build_summary(lag_since)
     return JsonResponse(summary if section == "summary" else {section: summary[section]})
 
 

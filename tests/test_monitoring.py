@@ -1,6 +1,7 @@
 """The monitoring app tells the truth: pool, breakers, streams, alerts, Prometheus metrics."""
 
 import asyncio
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -124,6 +125,20 @@ async def test_it_samples_from_the_first_chat_without_anyone_on_the_dashboard(pe
         task = live.sampler().task  # started by the ASGI app's middleware, not by the chat code
         assert task is not None and not task.done()
         assert metrics.websocket_connections() >= 1
+
+
+async def test_it_reports_the_worst_loop_lag_since_a_given_moment(staff):
+    client = await staff_client(staff)
+    await client.get("/monitoring/api/summary")  # starts the sampler on this loop
+    await asyncio.sleep(0.6)  # let its probe run once unblocked
+    blocked_at = time.time()
+    time.sleep(0.8)  # a blocking call on the event loop: what the probe exists to catch
+    await asyncio.sleep(0.6)  # the probe wakes up late and records it
+    lag = (await client.get(f"/monitoring/api/summary?lag_since={blocked_at}")).json()["loop_lag_ms"]
+    assert lag["max_since"] >= 250 and lag["last_minute_max"] >= lag["max_since"]
+    later = (await client.get(f"/monitoring/api/summary?lag_since={time.time()}")).json()["loop_lag_ms"]
+    assert later["max_since"] < 250
+    assert (await client.get("/monitoring/api/summary?lag_since=yesterday")).status_code == 400
 
 
 async def test_it_raises_and_clears_alerts_on_thresholds(staff, settings):
