@@ -6,6 +6,7 @@ measured on this machine, ~9 µs per chunk instead of ~55-70 µs, which matters 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -32,13 +33,32 @@ def _make_client() -> groq.AsyncGroq:
         write=10.0,
         pool=settings.GENERATION_QUEUE_TIMEOUT,
     )
-    return groq.AsyncGroq(
+    client = groq.AsyncGroq(
         api_key=settings.GROQ_API_KEY,
         base_url=settings.GROQ_BASE_URL,
         max_retries=0,  # retries would hide outages and double the latency of failures
         timeout=timeout,
-        http_client=httpx.AsyncClient(limits=limits, timeout=timeout),
+        # aiohttp under the SDK's httpx interface (the SDK's own option for high concurrency):
+        # httpcore's pool rescans every connection on each request and each close, which was 24 %
+        # of the server's GIL time in a 200-chat burst (py-spy; bench/RESULTS.md).
+        http_client=groq.DefaultAioHttpClient(limits=limits, timeout=timeout),
     )
+    closer = asyncio.get_running_loop().create_task(_close_when_the_loop_ends(client))
+    _closers.add(closer)
+    closer.add_done_callback(_closers.discard)
+    return client
+
+
+_closers: set[asyncio.Task] = set()
+
+
+async def _close_when_the_loop_ends(client: groq.AsyncGroq) -> None:
+    """Waits until the event loop shuts down (which cancels every task left), then closes the
+    client's connections cleanly instead of leaving aiohttp to complain at exit."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await client.close()
 
 
 # One client per event loop: its connection pool belongs to the loop that opened it. The server
@@ -73,8 +93,8 @@ class GroqProvider(LLMProvider):
             raise LLMUnavailable("the Groq API is rate limiting us") from exc
         except groq.APIStatusError as exc:
             raise LLMUnavailable(f"the Groq API answered HTTP {exc.status_code}") from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise LLMStreamCut("the Groq stream was cut") from exc
+        except httpx.TransportError as exc:  # after the response began: the stream broke off
+            raise LLMStreamCut(f"the Groq stream was cut ({type(exc).__name__})") from exc
         if generation.finish_reason is None:
             raise LLMStreamCut("the Groq stream ended without finishing")
 
