@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Several server processes (one per core) need Redis for their shared limits and breakers: use
+# the local Redis when one answers; otherwise make run serves with one process.
+LOCAL_REDIS := $(shell $(PYTHON) -c "import socket; s = socket.socket(); s.settimeout(0.3); print('redis://127.0.0.1:6379/1' if s.connect_ex(('127.0.0.1', 6379)) == 0 else '')" 2>/dev/null)
+REDIS_URL ?= $(LOCAL_REDIS)
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.test-installed
 
@@ -32,6 +36,8 @@ setup: $(INSTALLED)
 
 run: setup
 	@echo "DocChat on http://$(HOST):$(PORT)/ (Ctrl-C stops it); background worker started beside it"
+	@echo "Redis: $(if $(REDIS_URL),$(REDIS_URL) (one server process per core),none (one server process))"
+	export REDIS_URL="$(REDIS_URL)"; \
 	$(PY) manage.py worker --no-startup-delay & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(PY) manage.py serve --host $(HOST) --port $(PORT)
