@@ -6,7 +6,10 @@ The server under test (``--server``) is one of
   ``--workers`` processes on one port);
 - ``daphne``: Channels' server, one process;
 - ``gunicorn``: gunicorn with ``uvicorn_worker.UvicornWorker`` workers, only if both packages are
-  installed in .venv (the bench installs nothing).
+  installed in .venv (the bench installs nothing);
+- ``relay`` and ``relay-embed``: not the product but its floor, ``bench/relay.py`` served by uvicorn
+  with ``manage.py serve``'s settings: the same protocol, LLM client and coalescing with no database,
+  login or retrieval (``relay-embed`` also embeds each question as the product does).
 
 Both run on free ports of 127.0.0.1 against the embedded PostgreSQL's bench database, their output
 in log files. The server's connections carry a unique ``DB_APPLICATION_NAME`` so they can be
@@ -38,7 +41,8 @@ BIN = ROOT / ".venv" / "bin"
 BENCH_DB = "docchat_bench"
 HOST = "127.0.0.1"
 APP = "config.asgi:application"
-SERVER_KINDS = ("uvicorn", "daphne", "gunicorn")
+SERVER_KINDS = ("uvicorn", "daphne", "gunicorn", "relay", "relay-embed")
+RELAY_APPS = {"relay": "app", "relay-embed": "app_with_embedding"}
 GUNICORN_MODULES = ("gunicorn", "uvicorn_worker")
 
 
@@ -49,7 +53,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--server",
         choices=SERVER_KINDS,
         default="uvicorn",
-        help="the server under test: uvicorn (manage.py serve), daphne, or gunicorn with uvicorn workers",
+        help="the server under test: uvicorn (manage.py serve), daphne, gunicorn with uvicorn workers, or "
+        "the floor: relay / relay-embed (bench/relay.py: no database, login or retrieval)",
     )
     parser.add_argument("--workers", type=int, default=1, help="server processes (uvicorn, gunicorn)")
     parser.add_argument(
@@ -73,7 +78,7 @@ def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("--workers must be at least 1")
     if args.server == "daphne" and args.workers > 1:
         parser.error("daphne serves with one process: --workers > 1 needs --server uvicorn or gunicorn")
-    if args.workers > 1 and not args.redis:
+    if args.workers > 1 and not args.redis and args.server not in RELAY_APPS:
         parser.error("--workers > 1 needs --redis (the product refuses several processes without Redis)")
     if args.redis and redis_database(args.redis) in (None, 0):
         parser.error(f"--redis {args.redis}: name a database other than 0 (the bench flushes it), e.g. /5")
@@ -251,6 +256,17 @@ def server_command(kind: str, port: int, workers: int) -> list[str]:
     if kind == "gunicorn":
         worker = "uvicorn_worker.UvicornWorker"
         return [str(BIN / "gunicorn"), "-k", worker, "-w", str(workers), "-b", f"{HOST}:{port}", APP]
+    if kind in RELAY_APPS:
+        return [
+            str(BIN / "python"),
+            "-m",
+            "bench.relay",
+            RELAY_APPS[kind],
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
     serve = ["manage.py", "serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
     return [str(BIN / "python"), *serve]
 

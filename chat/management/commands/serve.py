@@ -10,10 +10,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+
+APP = "config.asgi:application"
 
 
 class Command(BaseCommand):
@@ -39,23 +42,25 @@ class Command(BaseCommand):
                 shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _run(self, host: str, port: int, workers: int) -> None:
-        uvicorn.run(
-            "config.asgi:application",
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
-            ws_max_size=settings.WS_MAX_MESSAGE_BYTES,
-            # Answer frames are small and many: compressing each costs more CPU than it saves.
-            ws_per_message_deflate=False,
-            backlog=settings.LISTEN_BACKLOG,
-            lifespan="off",  # nothing to start: every heavy resource is created lazily
-            timeout_graceful_shutdown=10,  # answers in progress are saved as stopped first
-            log_level=logging.getLevelNamesMapping()[settings.LOG_LEVEL],
-            access_log=False,
-        )
+        uvicorn.run(APP, host=host, port=port, **uvicorn_options(workers))
+
+
+def uvicorn_options(workers: int) -> dict[str, Any]:
+    """How DocChat is served, apart from the address (also used by bench/relay.py, the floor)."""
+    return dict(
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=settings.WS_MAX_MESSAGE_BYTES,
+        # Answer frames are small and many: compressing each costs more CPU than it saves.
+        ws_per_message_deflate=False,
+        backlog=settings.LISTEN_BACKLOG,
+        lifespan="off",  # nothing to start: every heavy resource is created lazily
+        timeout_graceful_shutdown=10,  # answers in progress are saved as stopped first
+        log_level=logging.getLevelNamesMapping()[settings.LOG_LEVEL],
+        access_log=False,
+    )
 
 
 def share_metrics_between_workers() -> Path:
