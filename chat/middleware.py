@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from channels.auth import AuthMiddleware
+from channels.auth import AuthMiddleware, get_user
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper, SessionMiddleware
+
+from common.db import db_async
+
+# Channels' own lookup of the session's user (session row, user row, session hash check), without
+# its ``database_sync_to_async`` wrapper: that one is thread-sensitive, so every connection of the
+# process waited for the others' lookups on one thread.
+_session_user = get_user.func
 
 
 class SocketSessionMiddleware(SessionMiddleware):
@@ -17,6 +24,14 @@ class SocketSessionMiddleware(SessionMiddleware):
         return await self.inner(wrapper.scope, receive, send)
 
 
+class SocketAuthMiddleware(AuthMiddleware):
+    """Channels' ``AuthMiddleware`` with the user looked up on the DB thread pool (``common.db``),
+    so simultaneous connections (a reconnect storm) are authenticated side by side."""
+
+    async def resolve_scope(self, scope):
+        scope["user"]._wrapped = await db_async(_session_user)(scope)
+
+
 def SocketAuthMiddlewareStack(inner):
     """Channels' ``AuthMiddlewareStack`` for sockets: the session's user in ``scope["user"]``."""
-    return CookieMiddleware(SocketSessionMiddleware(AuthMiddleware(inner)))
+    return CookieMiddleware(SocketSessionMiddleware(SocketAuthMiddleware(inner)))

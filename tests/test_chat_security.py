@@ -1,5 +1,7 @@
 """Login required, Origin checked, and nobody reads another user's documents."""
 
+import asyncio
+
 import pytest
 
 from documents.embedding import encode
@@ -71,3 +73,37 @@ async def test_it_answers_not_found_for_another_users_conversation(people, chat_
         # and the connection still works
         finish, _ = await alice.answer("Where do zebras migrate?")
         assert finish["status"] == "complete"
+
+
+@pytest.mark.asyncio
+async def test_it_lets_others_connect_while_one_users_login_lookup_is_slow(people, monkeypatch):
+    """Connections are authenticated side by side (a reconnect storm must not queue every login
+    behind one thread): while alice's session lookup hangs, bob still gets in."""
+    import threading
+
+    from chat import middleware
+
+    alice_id = str(people["alice"].pk)
+    alice_waiting, release_alice = threading.Event(), threading.Event()
+    lookup = middleware._session_user
+
+    def slow_for_alice(scope):
+        if scope["session"].get("_auth_user_id") == alice_id:
+            alice_waiting.set()
+            release_alice.wait(timeout=30)
+        return lookup(scope)
+
+    monkeypatch.setattr(middleware, "_session_user", slow_for_alice)
+    alice = await communicator_for(people["alice"])
+    alice_connecting = asyncio.ensure_future(alice.connect(timeout=30))
+    try:
+        assert await asyncio.to_thread(alice_waiting.wait, 10)
+        bob = await communicator_for(people["bob"])
+        connected, _ = await bob.connect(timeout=10)
+        assert connected
+        assert not alice_connecting.done()
+    finally:
+        release_alice.set()
+    assert (await alice_connecting)[0]
+    await bob.disconnect()
+    await alice.disconnect()
