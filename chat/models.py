@@ -48,6 +48,11 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            # A resent question is found by its client_id alone (before its conversation is
+            # known): without this index every question scanned the whole unique index below.
+            models.Index(fields=["client_id"], name="message_client_id", condition=models.Q(client_id__isnull=False)),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["conversation", "client_id"],

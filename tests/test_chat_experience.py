@@ -47,6 +47,20 @@ async def test_it_records_a_resent_question_once_and_replays_its_answer(people, 
     assert await database_sync_to_async(Message.objects.count)() == 2
 
 
+def test_it_finds_a_resent_question_through_its_own_index(people):
+    """The lookup that runs before every question reads one index entry, not every message's."""
+    from django.db import connection
+
+    from chat.actions import _FIND_BY_CLIENT_ID_SQL
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")  # tiny test tables: make the planner use indexes
+        cursor.execute("EXPLAIN (FORMAT JSON) " + _FIND_BY_CLIENT_ID_SQL, [people["alice"].pk, "user", uuid.uuid4()])
+        plan = json.dumps(cursor.fetchone()[0])
+        cursor.execute("RESET enable_seqscan")
+    assert '"Index Name": "message_client_id"' in plan
+
+
 @pytest.mark.asyncio
 async def test_it_shows_an_answer_the_same_way_live_and_reloaded(people, chat_client, fake_groq):
     async with chat_client(people["alice"]) as client:
