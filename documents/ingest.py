@@ -1,16 +1,25 @@
-"""Ingestion pipeline: file → sections → chunks → embeddings → rows, one document at a time.
+"""Ingestion pipeline: files → sections → chunks → embeddings → rows.
 
-A document was registered first (``actions.py``: file stored, row ``pending``); this processes it,
-at once or in a background worker (``tasks.py``). Chunks of a document are replaced in one
-transaction, so a crash never leaves half a document searchable and a re-run after a crash never
-duplicates chunks.
+Documents were registered first (``actions.py``: file stored, row ``pending``); this processes
+them, at once or in the background worker (``worker.py``). Several documents go through as one
+stream: a thread extracts and chunks the next document while the engine embeds the chunks at hand,
+and chunks of different documents share engine calls (a one-page document does not get a call of
+its own). Chunks of a document are replaced in one transaction, so a crash never leaves half a
+document searchable and a re-run after a crash never duplicates chunks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from django.conf import settings
 from django.contrib.postgres.search import SearchVector
@@ -23,41 +32,178 @@ from .extract import ExtractionError, extract_sections, mime_for, title_for
 from .models import Chunk, Document
 
 logger = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]
+Progress = Callable[[Document, int, int], None]  # (document, chunks embedded, chunks in it)
+T = TypeVar("T")
+PREFETCH_DOCUMENTS = 2  # extracted documents waiting for the engine: enough to never starve it
 
 
-def do_process_document(document_id: int, progress: Progress | None = None) -> None:
+@dataclass
+class StageSeconds:
+    """Where the time of a pipeline run went (wall seconds per stage; extraction overlaps the rest)."""
+
+    extract: float = 0.0
+    chunk: float = 0.0
+    embed: float = 0.0
+    store: float = 0.0
+    documents: int = 0
+    chunks: int = 0
+
+    @contextmanager
+    def timing(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, stage, getattr(self, stage) + time.perf_counter() - start)
+
+
+@dataclass
+class _Prepared:
+    document: Document
+    drafts: list[ChunkDraft]
+    vectors: list[list[float]] = field(default_factory=list)
+
+
+def do_process_document(document_id: int, progress: Progress | None = None) -> StageSeconds:
     """Extract, chunk, embed and store one registered document; safe to run again after a crash."""
-    document = Document.objects.get(pk=document_id)
-    if not document.is_active:
-        return
+    return do_process_documents([document_id], progress)
+
+
+def do_process_documents(document_ids: list[int], progress: Progress | None = None) -> StageSeconds:
+    """Process registered documents as one stream (see the module's docstring); a document that
+    fails is marked failed with its reason, the others go on. Every database access happens on the
+    calling thread; the extraction thread only parses bytes."""
+    stats = StageSeconds()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-extract") as extractor:
+        _Pipeline(document_ids, extractor, stats, progress).run()
+    return stats
+
+
+class _Pipeline:
+    def __init__(self, document_ids: list[int], extractor: Executor, stats: StageSeconds, progress: Progress | None):
+        self.todo = deque(document_ids)
+        self.extracting: deque[tuple[Document, Future]] = deque()
+        self.waiting: list[_Prepared] = []  # extracted, not fully embedded, in arrival order
+        self.extractor, self.stats, self.progress = extractor, stats, progress
+
+    def run(self) -> None:
+        while self.todo or self.extracting or self.waiting:
+            self._collect(block=not self.waiting)
+            batch = _next_batch(self.waiting)
+            if batch:
+                self._embed(batch)
+
+    def _submit(self) -> None:
+        """Keep PREFETCH_DOCUMENTS documents extracting ahead of the engine."""
+        while self.todo and len(self.extracting) < PREFETCH_DOCUMENTS:
+            document_id = self.todo.popleft()
+            started = _guarded(document_id, partial(self._start, document_id))
+            if started is not None:
+                self.extracting.append(started)
+
+    def _start(self, document_id: int) -> tuple[Document, Future] | None:
+        document = Document.objects.get(pk=document_id)
+        if not document.is_active:
+            return None
+        _set_status(document, Document.Status.EXTRACTING)
+        document.mime = mime_for(Path(document.file.name or document.title))
+        return document, self.extractor.submit(_extract, _read(document), document.mime, document.title, self.stats)
+
+    def _collect(self, block: bool) -> None:
+        """Move extracted documents to ``waiting`` until a full engine call's worth of chunks waits
+        (blocking for the first only when ``block``)."""
+        self._submit()
+        while self.extracting and _unembedded(self.waiting) < settings.INGEST_ENCODE_CHUNKS:
+            document, extraction = self.extracting[0]
+            if not block and not extraction.done():
+                return
+            self.extracting.popleft()
+            prepared = _guarded(document.pk, partial(_prepared, document, extraction))
+            if prepared is not None:
+                self.waiting.append(prepared)
+                block = False
+            self._submit()
+
+    def _embed(self, batch: list[tuple[_Prepared, int]]) -> None:
+        touched = list({id(item): item for item, _ in batch}.values())
+        try:
+            with self.stats.timing("embed"):
+                vectors = embedding.encode([item.drafts[i].text for item, i in batch])
+        except Exception as exc:
+            logger.exception("embedding failed")
+            for item in touched:
+                self.waiting.remove(item)
+                item.document.mark_failed(f"internal error while ingesting ({type(exc).__name__})")
+            return
+        for (item, _), vector in zip(batch, vectors):
+            item.vectors.append(vector)
+        for item in touched:
+            self._advance(item)
+
+    def _advance(self, item: _Prepared) -> None:
+        document = item.document
+        if len(item.vectors) < len(item.drafts):
+            # Progress doubles as the heartbeat that tells a live worker this job is not orphaned.
+            Document.objects.filter(pk=document.pk).update(chunks_done=len(item.vectors), updated_at=timezone.now())
+        else:
+            self.waiting.remove(item)
+            with self.stats.timing("store"):
+                _guarded(document.pk, partial(_replace_chunks, document, item.drafts, item.vectors))
+            self.stats.documents, self.stats.chunks = self.stats.documents + 1, self.stats.chunks + len(item.drafts)
+        if self.progress:
+            self.progress(document, len(item.vectors), len(item.drafts))
+
+
+@dataclass(frozen=True)
+class _Extracted:
+    title: str
+    pages: int | None
+    drafts: list[ChunkDraft]
+
+
+def _extract(data: bytes, mime: str, name: str, stats: StageSeconds) -> _Extracted:
+    """Sections and chunks of a file's bytes (on the extraction thread: no database here)."""
+    with stats.timing("extract"):
+        sections = extract_sections(data, mime)
+    with stats.timing("chunk"):
+        drafts = chunk_sections(
+            sections,
+            max_tokens=settings.CHUNK_TOKENS,
+            overlap_tokens=settings.CHUNK_OVERLAP_TOKENS,
+            count_tokens=embedding.count_tokens,
+        )
+    pages = max((s.page or 0 for s in sections), default=0) or None
+    return _Extracted(title_for(Path(name), sections), pages, drafts)
+
+
+def _prepared(document: Document, extraction: Future[_Extracted]) -> _Prepared:
+    extracted = extraction.result()
+    if not extracted.drafts:
+        raise ExtractionError("the file contains no text")
+    document.title = extracted.title
+    document.pages = extracted.pages
+    document.chunks_total, document.chunks_done = len(extracted.drafts), 0
+    _set_status(document, Document.Status.EMBEDDING)
+    return _Prepared(document, extracted.drafts)
+
+
+def _unembedded(waiting: list[_Prepared]) -> int:
+    return sum(len(item.drafts) - len(item.vectors) for item in waiting)
+
+
+def _guarded(document_id: int, step: Callable[[], T]) -> T | None:
+    """``step()``, a step of the document ``document_id``; a failure marks the document failed
+    (with a reason the uploader is shown) instead of stopping the other documents."""
     try:
-        _run_pipeline(document, progress)
+        return step()
+    except Document.DoesNotExist:
+        return None  # deleted meanwhile
     except ExtractionError as exc:
-        document.mark_failed(str(exc))
+        Document.objects.get(pk=document_id).mark_failed(str(exc))
     except Exception as exc:
         logger.exception("ingestion of document %s failed", document_id)
-        document.mark_failed(f"internal error while ingesting ({type(exc).__name__})")
-
-
-def _run_pipeline(document: Document, progress: Progress | None) -> None:
-    _set_status(document, Document.Status.EXTRACTING)
-    document.mime = mime_for(Path(document.file.name or document.title))
-    sections = extract_sections(_read(document), document.mime)
-    document.title = title_for(Path(document.title), sections)
-    document.pages = max((s.page or 0 for s in sections), default=0) or None
-    drafts = chunk_sections(
-        sections,
-        max_tokens=settings.CHUNK_TOKENS,
-        overlap_tokens=settings.CHUNK_OVERLAP_TOKENS,
-        count_tokens=embedding.count_tokens,
-    )
-    if not drafts:
-        raise ExtractionError("the file contains no text")
-    document.chunks_total, document.chunks_done = len(drafts), 0
-    _set_status(document, Document.Status.EMBEDDING)
-    vectors = _embed_in_batches(document, drafts, progress)
-    _replace_chunks(document, drafts, vectors)
+        Document.objects.get(pk=document_id).mark_failed(f"internal error while ingesting ({type(exc).__name__})")
+    return None
 
 
 def _read(document: Document) -> bytes:
@@ -68,16 +214,15 @@ def _read(document: Document) -> bytes:
         raise ExtractionError("the stored file is missing; upload it again") from None
 
 
-def _embed_in_batches(document: Document, drafts: list[ChunkDraft], progress: Progress | None) -> list[list[float]]:
-    vectors: list[list[float]] = []
-    batch = settings.EMBEDDING_BATCH_SIZE
-    for start in range(0, len(drafts), batch):
-        vectors.extend(embedding.encode([d.text for d in drafts[start : start + batch]]))
-        # Progress doubles as the heartbeat that tells a live worker this job is not orphaned.
-        Document.objects.filter(pk=document.pk).update(chunks_done=len(vectors), updated_at=timezone.now())
-        if progress:
-            progress(len(vectors), len(drafts))
-    return vectors
+def _next_batch(waiting: list[_Prepared]) -> list[tuple[_Prepared, int]]:
+    batch: list[tuple[_Prepared, int]] = []
+    for item in waiting:
+        start = len(item.vectors)
+        take = min(len(item.drafts) - start, settings.INGEST_ENCODE_CHUNKS - len(batch))
+        batch.extend((item, i) for i in range(start, start + take))
+        if len(batch) == settings.INGEST_ENCODE_CHUNKS:
+            break
+    return batch
 
 
 @transaction.atomic
@@ -96,11 +241,8 @@ def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[
         for i, (draft, vector) in enumerate(zip(drafts, vectors))
     )
     Chunk.objects.filter(document=document).update(search_vector=SearchVector("text", config="english"))
-    document.status, document.error, document.chunks_done = (
-        Document.Status.READY,
-        "",
-        len(drafts),
-    )
+    document.status, document.error, document.chunks_done = Document.Status.READY, "", len(drafts)
+    document.embedded_with = embedding.engine_id()
     document.save()
 
 

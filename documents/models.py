@@ -67,6 +67,9 @@ class Document(models.Model):
     error = models.TextField(blank=True)
     chunks_total = models.IntegerField(default=0)
     chunks_done = models.IntegerField(default=0)
+    # Model and engine of the stored vectors ("all-MiniLM-L6-v2/onnx-int8"): `manage.py reindex
+    # --engine-changed` re-embeds the documents another engine embedded.
+    embedded_with = models.CharField(max_length=60, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -80,7 +80,8 @@ def _check_pgvector() -> dict:
 
 def _check_model() -> dict:
     if embedding.is_loaded():
-        return {"ok": True, "loaded": True}
+        # The engine that runs, which is torch if the configured ONNX engine could not load.
+        return {"ok": True, "loaded": True, "engine": embedding.engine_id()}
     try:
         path = embedding.model_path()
     except RuntimeError as exc:

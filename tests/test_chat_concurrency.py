@@ -33,7 +33,7 @@ async def test_it_gives_ten_simultaneous_users_each_their_own_answer(people, cha
 
 
 async def test_it_keeps_connections_within_the_pool_over_100_sequential_chats(people, chat_client, fake_groq):
-    model, llm_client = embedding.get_model(), groq_llm.get_client()
+    model, llm_client = embedding.get_engine(), groq_llm.get_client()
     async with chat_client(people["alice"]) as client:
         for i in range(100):
             finish, _ = await client.answer(f"Where do zebras migrate? #{i}")
@@ -41,6 +41,6 @@ async def test_it_keeps_connections_within_the_pool_over_100_sequential_chats(pe
 
     assert await count_connections() <= settings.DB_POOL_MAX
     # The same model and LLM client served all 100 (created once per process / event loop).
-    assert embedding.get_model() is model
+    assert embedding.get_engine() is model
     assert groq_llm.get_client() is llm_client
     assert fake_groq.fake.stats.completed == 100

@@ -131,7 +131,7 @@ def test_it_finishes_a_document_without_duplicates_after_its_worker_is_killed(li
     document = do_add_document(library, "manual.md", text.encode()).document
     first_task = document.task_id
 
-    doomed = start_worker(EMBEDDING_BATCH_SIZE=4)
+    doomed = start_worker(EMBEDDING_BATCH_SIZE=4, INGEST_ENCODE_CHUNKS=4)
     try:
         wait_until(
             lambda: Document.objects.get(pk=document.pk).chunks_done > 0,
@@ -178,3 +178,57 @@ def test_readiness_reports_queued_jobs_without_a_live_worker(library, client):
     call_command("worker", "--batch", "--no-startup-delay", "--interval", "0")  # writes its heartbeat
     ready = client.get("/readyz").json()["checks"]["worker"]
     assert ready == {"ok": True, "alive": 1, "queued": 0}
+
+
+def start_worker_at(interval: float, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "worker", "--no-startup-delay", "--interval", str(interval)],
+        cwd=ROOT,
+        env=subprocess_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def stop(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)
+
+
+def test_it_starts_a_queued_document_at_once_not_at_the_next_poll(library):
+    worker = start_worker_at(60)  # only a notification can wake it within the minute
+    try:
+        wait_until(lambda: _live_worker_count() == 1, 60, "the worker to start")
+        queued_at = time.monotonic()
+        document = do_add_document(library, "note.md", b"# Note\n\nThe boiler is serviced every October.").document
+        wait_until(lambda: Document.objects.get(pk=document.pk).status == "ready", 30, "the document to be ready")
+        assert time.monotonic() - queued_at < 30  # well before the 60 s poll
+    finally:
+        stop(worker)
+
+
+def test_it_processes_each_document_once_with_two_workers_on_one_queue(library):
+    workers = [start_worker_at(0.2, INGEST_BATCH_DOCUMENTS=3) for _ in range(2)]
+    try:
+        wait_until(lambda: _live_worker_count() == 2, 60, "both workers to start")
+        documents = [
+            do_add_document(library, f"doc{i}.md", f"# Doc {i}\n\n{big_markdown(2)} Number {i}.".encode()).document
+            for i in range(12)
+        ]
+        ids = [d.pk for d in documents]
+        wait_until(lambda: Document.objects.filter(pk__in=ids, status="ready").count() == 12, 120, "all documents")
+    finally:
+        for worker in workers:
+            stop(worker)
+    jobs = DBTaskResult.objects.filter(pk__in=[d.task_id for d in Document.objects.filter(pk__in=ids)])
+    assert sorted(len(job.worker_ids) for job in jobs) == [1] * 12  # each job claimed exactly once
+    assert all(job.status == "SUCCESSFUL" for job in jobs)
+    for document in Document.objects.filter(pk__in=ids):
+        ordinals = list(Chunk.objects.filter(document=document).values_list("ordinal", flat=True))
+        assert sorted(ordinals) == list(range(document.chunks_total))
+
+
+def _live_worker_count() -> int:
+    from documents.recovery import live_workers
+
+    return live_workers()

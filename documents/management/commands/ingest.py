@@ -6,14 +6,14 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from documents.actions import do_add_document, do_ingest_file, find_files
+from documents.actions import do_add_document, do_ingest_files, find_files
 from documents.models import Collection, Document
 
 
 class Command(BaseCommand):
     help = (
         "Ingest files or folders (recursively) into a collection. By default the files are queued "
-        "for the background worker (manage.py worker); --now processes them here with progress bars."
+        "for the background worker (manage.py worker); --now processes them here, as one pipeline, with a progress bar."
     )
 
     def add_arguments(self, parser):
@@ -53,15 +53,9 @@ class Command(BaseCommand):
                 state = "queued" if result.created else f"unchanged ({result.document.status})"
                 self.stdout.write(f"{state:<10} {path}")
             return
-        failed = 0
-        for path in files:
-            with tqdm(total=0, desc=path.name[:40], unit="chunk", disable=None, leave=False) as bar:
-                result = do_ingest_file(
-                    path,
-                    target,
-                    progress=lambda done, total: _advance(bar, done, total),
-                )
-            failed += self._report(path, result)
+        with tqdm(total=0, desc="embedding", unit="chunk", disable=None, leave=False) as bar:
+            results = do_ingest_files(files, target, progress=_Advance(bar))
+        failed = sum(self._report(path, result) for path, result in zip(files, results))
         if failed:
             raise CommandError(f"{failed} of {len(files)} file(s) failed")
 
@@ -87,7 +81,15 @@ class Command(BaseCommand):
         return 0
 
 
-def _advance(bar, done: int, total: int) -> None:
-    bar.total = total
-    bar.n = done
-    bar.refresh()
+class _Advance:
+    """Progress over all files: chunks embedded of the chunks found so far."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+        self.done: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, document: Document, done: int, total: int) -> None:
+        self.done[document.pk] = (done, total)
+        self.bar.total = sum(t for _, t in self.done.values())
+        self.bar.n = sum(d for d, _ in self.done.values())
+        self.bar.refresh()
