@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TypeVar
 
 from django.conf import settings
 from django.contrib.postgres.search import SearchVector
 from django.db import transaction
+from django.db.models import TextField, Value
 from django.utils import timezone
 
 from . import embedding
@@ -69,32 +70,55 @@ def do_process_document(document_id: int, progress: Progress | None = None) -> S
     return do_process_documents([document_id], progress)
 
 
-def do_process_documents(document_ids: list[int], progress: Progress | None = None) -> StageSeconds:
+def do_process_documents(
+    document_ids: list[int], progress: Progress | None = None, more: Callable[[], list[int]] | None = None
+) -> StageSeconds:
     """Process registered documents as one stream (see the module's docstring); a document that
-    fails is marked failed with its reason, the others go on. Every database access happens on the
-    calling thread; the extraction thread only parses bytes."""
+    fails is marked failed with its reason, the others go on. ``more``, when given, is asked for
+    further document ids whenever the stream runs short (the worker claims queued jobs there), so
+    documents queued meanwhile join the stream instead of waiting for it to end. Every database access happens on the
+    calling thread; the extraction thread only parses bytes, the encoding thread only runs the
+    engine (while the calling thread stores what the previous call finished)."""
     stats = StageSeconds()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-extract") as extractor:
-        _Pipeline(document_ids, extractor, stats, progress).run()
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-extract") as extractor,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-encode") as encoder,
+    ):
+        _Pipeline(document_ids, extractor, encoder, stats, progress, more).run()
     return stats
 
 
 class _Pipeline:
-    def __init__(self, document_ids: list[int], extractor: Executor, stats: StageSeconds, progress: Progress | None):
+    def __init__(
+        self,
+        document_ids: list[int],
+        extractor: Executor,
+        encoder: Executor,
+        stats: StageSeconds,
+        progress: Progress | None,
+        more: Callable[[], list[int]] | None,
+    ) -> None:
         self.todo = deque(document_ids)
+        self.more = more
         self.extracting: deque[tuple[Document, Future]] = deque()
         self.waiting: list[_Prepared] = []  # extracted, not fully embedded, in arrival order
-        self.extractor, self.stats, self.progress = extractor, stats, progress
+        self.embedded: list[_Prepared] = []  # touched by the last engine call: progress or store to write
+        self.extractor, self.encoder, self.stats, self.progress = extractor, encoder, stats, progress
 
     def run(self) -> None:
         while self.todo or self.extracting or self.waiting:
             self._collect(block=not self.waiting)
             batch = _next_batch(self.waiting)
             if batch:
-                self._embed(batch)
+                encoding = self.encoder.submit(self._encode, [item.drafts[i].text for item, i in batch])
+                self._write_embedded()  # the previous call's results, while the engine runs this one
+                self._receive(batch, encoding)
+        self._write_embedded()
 
     def _submit(self) -> None:
         """Keep PREFETCH_DOCUMENTS documents extracting ahead of the engine."""
+        if not self.todo and self.more and len(self.extracting) < PREFETCH_DOCUMENTS:
+            self.todo.extend(self.more())
         while self.todo and len(self.extracting) < PREFETCH_DOCUMENTS:
             document_id = self.todo.popleft()
             started = _guarded(document_id, partial(self._start, document_id))
@@ -124,11 +148,14 @@ class _Pipeline:
                 block = False
             self._submit()
 
-    def _embed(self, batch: list[tuple[_Prepared, int]]) -> None:
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        with self.stats.timing("embed"):
+            return embedding.encode(texts)
+
+    def _receive(self, batch: list[tuple[_Prepared, int]], encoding: Future) -> None:
         touched = list({id(item): item for item, _ in batch}.values())
         try:
-            with self.stats.timing("embed"):
-                vectors = embedding.encode([item.drafts[i].text for item, i in batch])
+            vectors = encoding.result()
         except Exception as exc:
             logger.exception("embedding failed")
             for item in touched:
@@ -138,20 +165,23 @@ class _Pipeline:
         for (item, _), vector in zip(batch, vectors):
             item.vectors.append(vector)
         for item in touched:
-            self._advance(item)
+            if len(item.vectors) == len(item.drafts):
+                self.waiting.remove(item)
+        self.embedded = touched
 
-    def _advance(self, item: _Prepared) -> None:
-        document = item.document
-        if len(item.vectors) < len(item.drafts):
-            # Progress doubles as the heartbeat that tells a live worker this job is not orphaned.
-            Document.objects.filter(pk=document.pk).update(chunks_done=len(item.vectors), updated_at=timezone.now())
-        else:
-            self.waiting.remove(item)
-            with self.stats.timing("store"):
-                _guarded(document.pk, partial(_replace_chunks, document, item.drafts, item.vectors))
-            self.stats.documents, self.stats.chunks = self.stats.documents + 1, self.stats.chunks + len(item.drafts)
-        if self.progress:
-            self.progress(document, len(item.vectors), len(item.drafts))
+    def _write_embedded(self) -> None:
+        for item in self.embedded:
+            document = item.document
+            if len(item.vectors) < len(item.drafts):
+                # Progress doubles as the heartbeat that tells a live worker this job is not orphaned.
+                Document.objects.filter(pk=document.pk).update(chunks_done=len(item.vectors), updated_at=timezone.now())
+            else:
+                with self.stats.timing("store"):
+                    _guarded(document.pk, partial(_replace_chunks, document, item.drafts, item.vectors))
+                self.stats.documents, self.stats.chunks = self.stats.documents + 1, self.stats.chunks + len(item.drafts)
+            if self.progress:
+                self.progress(document, len(item.vectors), len(item.drafts))
+        self.embedded = []
 
 
 @dataclass(frozen=True)
@@ -170,7 +200,8 @@ def _extract(data: bytes, mime: str, name: str, stats: StageSeconds) -> _Extract
             sections,
             max_tokens=settings.CHUNK_TOKENS,
             overlap_tokens=settings.CHUNK_OVERLAP_TOKENS,
-            count_tokens=embedding.count_tokens,
+            # Chunking counts the same paragraphs and sentences several times: count each once.
+            count_tokens=lru_cache(maxsize=None)(embedding.count_tokens),
         )
     pages = max((s.page or 0 for s in sections), default=0) or None
     return _Extracted(title_for(Path(name), sections), pages, drafts)
@@ -237,10 +268,12 @@ def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[
             page=draft.page,
             token_count=draft.token_count,
             embedding=vector,
+            # Computed by the INSERT itself: a later UPDATE would write every row twice, and add each
+            # vector to the HNSW index twice.
+            search_vector=SearchVector(Value(draft.text, output_field=TextField()), config="english"),
         )
         for i, (draft, vector) in enumerate(zip(drafts, vectors))
     )
-    Chunk.objects.filter(document=document).update(search_vector=SearchVector("text", config="english"))
     document.status, document.error, document.chunks_done = Document.Status.READY, "", len(drafts)
     document.embedded_with = embedding.engine_id()
     document.save()

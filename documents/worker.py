@@ -1,9 +1,10 @@
 """The ingestion worker: django-tasks-db's worker loop, changed where ingestion needs it.
 
-- It claims up to ``INGEST_BATCH_DOCUMENTS`` ready jobs at once (each claim locked with ``SKIP
+- It claims up to ``INGEST_BATCH_DOCUMENTS`` ready jobs at a time (each claim locked with ``SKIP
   LOCKED`` as django-tasks-db does, so two workers never take the same job) and runs the ingestion
-  jobs among them as one pipeline (``ingest.do_process_documents``); other jobs run one by one as
-  usual.
+  jobs among them as one stream (``ingest.do_process_documents``), which claims more whenever it
+  runs short, so a long upload flows through without a pause between batches; other jobs run one
+  by one as usual. The stream's jobs are marked done when it ends.
 - Between jobs it waits on Postgres ``LISTEN`` (``actions.enqueue_processing`` sends ``NOTIFY``), so
   a new upload starts within milliseconds, not after a poll interval; it looks anyway every
   ``interval`` seconds in case a notification was missed.
@@ -89,10 +90,13 @@ class IngestWorker(Worker):
         finally:
             self.listener.close()
 
-    def claim(self, limit: int) -> list[DBTaskResult]:
-        """Up to ``limit`` ready jobs, marked as run by this worker."""
+    def _ready(self):
+        return DBTaskResult.objects.ready().filter(backend_name=self.backend_name, queue_name__in=self.queue_names)
+
+    def claim(self, limit: int, ready=None) -> list[DBTaskResult]:
+        """Up to ``limit`` jobs of ``ready`` (default: all ready jobs), marked as run by this worker."""
         claimed: list[DBTaskResult] = []
-        ready = DBTaskResult.objects.ready().filter(backend_name=self.backend_name, queue_name__in=self.queue_names)
+        ready = self._ready() if ready is None else ready
         while len(claimed) < limit:
             with exclusive_transaction(ready.db):
                 job = ready.get_locked()
@@ -109,9 +113,18 @@ class IngestWorker(Worker):
                 self.run_task(job)
         if not ingestion:
             return
+
+        def more() -> list[int]:
+            # Documents queued while the stream runs join it (no pause between batches).
+            if not self.running or (self.max_tasks is not None and self._run_tasks + len(ingestion) >= self.max_tasks):
+                return []  # shutting down, or done: let the stream drain
+            claimed = self.claim(self.documents_per_batch, self._ready().filter(task_path=ingest_document.module_path))
+            ingestion.extend(claimed)
+            return [job.task_result.args[0] for job in claimed]
+
         self.running_task = True
         try:
-            stats = do_process_documents([job.task_result.args[0] for job in ingestion])
+            stats = do_process_documents([job.task_result.args[0] for job in ingestion], more=more)
             logger.info("ingested %s document(s), %s chunks: %s", stats.documents, stats.chunks, stats)
             for job in ingestion:
                 job.set_successful(None)
