@@ -38,6 +38,9 @@ def exported_graph(model_dir: str, cache_dir: Path, *, quantized: bool) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be exporting this very graph
         if not target.exists():
             _export(model_dir, target, quantized)
+            for stale in target.parent.glob(target.name.rsplit("-", 1)[0] + "-*.onnx"):
+                if stale != target:
+                    stale.unlink()  # an older recipe's or library's graph: never loaded again
     return target
 
 
