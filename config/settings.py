@@ -291,12 +291,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 INGEST_STALE_SECONDS = env_float("INGEST_STALE_SECONDS", 120.0, minimum=0.1)
 INGEST_RECOVERY_INTERVAL = env_float("INGEST_RECOVERY_INTERVAL", 15.0, minimum=0.05)
-# The worker encodes with every core (it runs at a lower CPU priority than the web process), takes
-# up to INGEST_BATCH_DOCUMENTS queued documents at a time and embeds their chunks together,
-# INGEST_ENCODE_CHUNKS per engine call. It wakes on a Postgres NOTIFY when a document is queued,
-# and looks anyway every INGEST_POLL_INTERVAL seconds.
+# The worker encodes with every core (it runs at a lower CPU priority than the web process) and
+# embeds chunks of several documents together, INGEST_ENCODE_CHUNKS per engine call. It wakes on a
+# Postgres NOTIFY when a document is queued, and looks anyway every INGEST_POLL_INTERVAL seconds.
 INGEST_ENGINE_THREADS = env_int("INGEST_ENGINE_THREADS", os.cpu_count() or 1, minimum=1)
-INGEST_BATCH_DOCUMENTS = env_int("INGEST_BATCH_DOCUMENTS", 8, minimum=1)
 INGEST_ENCODE_CHUNKS = env_int("INGEST_ENCODE_CHUNKS", 128, minimum=1)
 INGEST_POLL_INTERVAL = env_float("INGEST_POLL_INTERVAL", 5.0, minimum=0.05)
 INGEST_WORKER_NICE = env_int("INGEST_WORKER_NICE", 10, minimum=0)

@@ -71,12 +71,13 @@ def do_process_document(document_id: int, progress: Progress | None = None) -> S
 
 
 def do_process_documents(
-    document_ids: list[int], progress: Progress | None = None, more: Callable[[], list[int]] | None = None
+    document_ids: list[int], progress: Progress | None = None, more: Callable[[int], list[int]] | None = None
 ) -> StageSeconds:
     """Process registered documents as one stream (see the module's docstring); a document that
-    fails is marked failed with its reason, the others go on. ``more``, when given, is asked for
-    further document ids whenever the stream runs short (the worker claims queued jobs there), so
-    documents queued meanwhile join the stream instead of waiting for it to end. Every database access happens on the
+    fails is marked failed with its reason, the others go on. ``more(n)``, when given, is asked for
+    up to ``n`` further document ids whenever the stream runs short (the worker claims queued jobs
+    there, only as many as start extracting at once, so none sits claimed and idle), and documents
+    queued meanwhile join the stream instead of waiting for it to end. Every database access happens on the
     calling thread; the extraction thread only parses bytes, the encoding thread only runs the
     engine (while the calling thread stores what the previous call finished)."""
     stats = StageSeconds()
@@ -96,7 +97,7 @@ class _Pipeline:
         encoder: Executor,
         stats: StageSeconds,
         progress: Progress | None,
-        more: Callable[[], list[int]] | None,
+        more: Callable[[int], list[int]] | None,
     ) -> None:
         self.todo = deque(document_ids)
         self.more = more
@@ -118,7 +119,7 @@ class _Pipeline:
     def _submit(self) -> None:
         """Keep PREFETCH_DOCUMENTS documents extracting ahead of the engine."""
         if not self.todo and self.more and len(self.extracting) < PREFETCH_DOCUMENTS:
-            self.todo.extend(self.more())
+            self.todo.extend(self.more(PREFETCH_DOCUMENTS - len(self.extracting)))
         while self.todo and len(self.extracting) < PREFETCH_DOCUMENTS:
             document_id = self.todo.popleft()
             started = _guarded(document_id, partial(self._start, document_id))
@@ -170,6 +171,12 @@ class _Pipeline:
         self.embedded = touched
 
     def _write_embedded(self) -> None:
+        # Documents waiting behind others' chunks (extracted or not yet taken in) get a heartbeat
+        # too: a long document ahead must not make them look abandoned to another worker's recovery.
+        idle = [item.document.pk for item in self.waiting if item not in self.embedded]
+        idle += [document.pk for document, _ in self.extracting]
+        if idle:
+            Document.objects.filter(pk__in=idle).update(updated_at=timezone.now())
         for item in self.embedded:
             document = item.document
             if len(item.vectors) < len(item.drafts):

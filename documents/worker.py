@@ -1,9 +1,9 @@
 """The ingestion worker: django-tasks-db's worker loop, changed where ingestion needs it.
 
-- It claims up to ``INGEST_BATCH_DOCUMENTS`` ready jobs at a time (each claim locked with ``SKIP
-  LOCKED`` as django-tasks-db does, so two workers never take the same job) and runs the ingestion
-  jobs among them as one stream (``ingest.do_process_documents``), which claims more whenever it
-  runs short, so a long upload flows through without a pause between batches; other jobs run one
+- An ingestion job starts a stream (``ingest.do_process_documents``) that claims further queued
+  documents as it runs short, as many as start extracting at once (each claim locked with ``SKIP
+  LOCKED`` as django-tasks-db does, so two workers never take the same job): a long upload flows
+  through without a pause, and chunks of several documents share engine calls. Other jobs run one
   by one as usual. The stream's jobs are marked done when it ends.
 - Between jobs it waits on Postgres ``LISTEN`` (``actions.enqueue_processing`` sends ``NOTIFY``), so
   a new upload starts within milliseconds, not after a poll interval; it looks anyway every
@@ -67,9 +67,8 @@ class Listener:
 
 
 class IngestWorker(Worker):
-    def __init__(self, *, documents_per_batch: int, **options) -> None:
+    def __init__(self, **options) -> None:
         super().__init__(**options)
-        self.documents_per_batch = documents_per_batch
         self.listener = Listener()
 
     def run(self) -> None:
@@ -78,9 +77,9 @@ class IngestWorker(Worker):
         try:
             while self.running:
                 close_old_connections()
-                claimed = self.claim(self.documents_per_batch)
+                claimed = self.claim(1)
                 if claimed:
-                    self.run_batch(claimed)
+                    self.run_job(claimed[0])
                 elif self.batch:
                     return  # --batch: run what is queued, then exit
                 if self.max_tasks is not None and self._run_tasks >= self.max_tasks:
@@ -106,19 +105,19 @@ class IngestWorker(Worker):
             claimed.append(job)
         return claimed
 
-    def run_batch(self, jobs: list[DBTaskResult]) -> None:
-        ingestion = [job for job in jobs if job.task_path == ingest_document.module_path]
-        for job in jobs:
-            if job not in ingestion:
-                self.run_task(job)
-        if not ingestion:
-            return
+    def run_job(self, job: DBTaskResult) -> None:
+        """An ingestion job starts a stream; any other job runs as django-tasks-db runs it."""
+        if job.task_path == ingest_document.module_path:
+            self.run_stream([job])
+        else:
+            self.run_task(job)
 
-        def more() -> list[int]:
+    def run_stream(self, ingestion: list[DBTaskResult]) -> None:
+        def more(limit: int) -> list[int]:
             # Documents queued while the stream runs join it (no pause between batches).
             if not self.running or (self.max_tasks is not None and self._run_tasks + len(ingestion) >= self.max_tasks):
                 return []  # shutting down, or done: let the stream drain
-            claimed = self.claim(self.documents_per_batch, self._ready().filter(task_path=ingest_document.module_path))
+            claimed = self.claim(limit, self._ready().filter(task_path=ingest_document.module_path))
             ingestion.extend(claimed)
             return [job.task_result.args[0] for job in claimed]
 

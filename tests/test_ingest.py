@@ -115,3 +115,37 @@ def test_it_replaces_the_chunks_of_a_file_that_changed(collection, tmp_path):
     texts = list(Chunk.objects.filter(document=second).values_list("text", flat=True))
     assert texts == ["The new rule says bicycles are parked in the courtyard."]
     assert Document.objects.count() == 1
+
+
+def test_it_embeds_chunks_of_several_documents_together_and_keeps_every_heartbeat(collection, settings, monkeypatch):
+    import math
+
+    from documents import embedding
+    from documents.actions import do_add_document
+    from documents.ingest import do_process_documents
+
+    settings.INGEST_ENCODE_CHUNKS = 4
+    long = do_add_document(collection, "long.md", long_markdown(400).encode(), enqueue=False).document
+    notes = [
+        do_add_document(
+            collection, f"note{i}.md", f"# Note {i}\n\nKettle {i} is descaled monthly.".encode(), enqueue=False
+        ).document
+        for i in range(3)
+    ]
+    calls, heartbeats = [], []
+    encode = embedding.encode
+    monkeypatch.setattr(embedding, "encode", lambda texts: calls.append(len(texts)) or encode(texts))
+
+    def progress(document, done, total):
+        if document.pk == long.pk and done < total:
+            heartbeats.append(Document.objects.get(pk=notes[0].pk).updated_at)
+
+    stats = do_process_documents([long.pk, *(n.pk for n in notes)], progress)
+
+    long.refresh_from_db()
+    assert stats.documents == 4 and Document.objects.filter(status="ready").count() == 4
+    # The notes waiting behind the long document's chunks were kept alive all along.
+    assert len(heartbeats) > 10 and len(set(heartbeats)) > len(heartbeats) // 2
+    # The notes' chunks rode in the long document's calls instead of one call each.
+    assert sum(calls) == long.chunks_total + 3
+    assert len(calls) < math.ceil(long.chunks_total / 4) + 3

@@ -208,7 +208,7 @@ def test_it_starts_a_queued_document_at_once_not_at_the_next_poll(library):
 
 
 def test_it_processes_each_document_once_with_two_workers_on_one_queue(library):
-    workers = [start_worker_at(0.2, INGEST_BATCH_DOCUMENTS=3) for _ in range(2)]
+    workers = [start_worker_at(0.2, INGEST_ENCODE_CHUNKS=8) for _ in range(2)]
     try:
         wait_until(lambda: _live_worker_count() == 2, 60, "both workers to start")
         documents = [

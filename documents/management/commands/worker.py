@@ -38,7 +38,6 @@ class Command(DBWorkerCommand):
         recovery = RecoveryLoop(settings.INGEST_RECOVERY_INTERVAL, worker_id)
         recovery.start()
         worker = IngestWorker(
-            documents_per_batch=settings.INGEST_BATCH_DOCUMENTS,
             queue_names=queue_name.split(","),
             interval=interval,
             batch=batch,
