@@ -74,12 +74,14 @@ def do_process_documents(
     document_ids: list[int], progress: Progress | None = None, more: Callable[[int], list[int]] | None = None
 ) -> StageSeconds:
     """Process registered documents as one stream (see the module's docstring); a document that
-    fails is marked failed with its reason, the others go on. ``more(n)``, when given, is asked for
-    up to ``n`` further document ids whenever the stream runs short (the worker claims queued jobs
-    there, only as many as start extracting at once, so none sits claimed and idle), and documents
-    queued meanwhile join the stream instead of waiting for it to end. Every database access happens on the
-    calling thread; the extraction thread only parses bytes, the encoding thread only runs the
-    engine (while the calling thread stores what the previous call finished)."""
+    fails is marked failed with its reason, the others go on.
+
+    ``more(n)``, when given, is asked for up to ``n`` further document ids whenever the stream runs
+    short (the worker claims queued jobs there, only as many as start extracting at once, so none
+    sits claimed and idle): documents queued meanwhile join the stream instead of waiting for it to
+    end. Every database access happens on the calling thread; the extraction thread only parses
+    bytes, the encoding thread only runs the engine (while the calling thread stores what the
+    previous call finished)."""
     stats = StageSeconds()
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-extract") as extractor,
