@@ -168,6 +168,20 @@ def test_it_titles_an_html_page_without_a_title_tag_by_its_first_h1():
     assert [s.heading for s in sections] == ["Intro", "Owls"]
 
 
+def test_it_reads_an_xhtml_page_with_its_xml_declaration_comments_and_nested_markup():
+    page = (
+        b"<?xml version='1.0' encoding='utf-8'?>\n<html xmlns='http://www.w3.org/1999/xhtml'><head><title>Kettles</title>"
+        b"</head><body><h2>Descaling <a href='#'>the</a><span>kettle</span></h2><p>Use caf\xc3\xa9 vinegar<!-- no -->"
+        b" monthly,<script>track()</script> then <b>rinse</b> twice.</p><pre>  step 1\n  step 2</pre>"
+        + b"<div>" * 3000
+        + b"Deep inside.</body></html>"
+    )
+    sections = extract_sections(page, HTML)
+    assert sections.title == "Kettles"
+    assert [s.heading for s in sections] == ["Descaling the kettle"]
+    assert sections[0].text == "Use café vinegar monthly, then rinse twice.\n\n  step 1\n  step 2\n\nDeep inside."
+
+
 @pytest.mark.parametrize("declaration", ['<meta charset="windows-1252">', '<meta charset="iso-8859-1">'])
 def test_it_reads_an_html_page_in_a_legacy_encoding(declaration):
     text = "Le café de l'école est fermé à midi, déjà. Les élèves mangent à la cantine où le chef prépare des crêpes."
