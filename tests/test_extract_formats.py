@@ -182,6 +182,11 @@ def test_it_reads_an_xhtml_page_with_its_xml_declaration_comments_and_nested_mar
     assert sections[0].text == "Use café vinegar monthly, then rinse twice.\n\n  step 1\n  step 2\n\nDeep inside."
 
 
+def test_it_keeps_text_that_stands_outside_any_block_element():
+    sections = extract_sections(b"<html><head><title>Memo</title></head>Loose words after the head.", HTML)
+    assert [s.text for s in sections] == ["Loose words after the head."]
+
+
 @pytest.mark.parametrize("declaration", ['<meta charset="windows-1252">', '<meta charset="iso-8859-1">'])
 def test_it_reads_an_html_page_in_a_legacy_encoding(declaration):
     text = "Le café de l'école est fermé à midi, déjà. Les élèves mangent à la cantine où le chef prépare des crêpes."
