@@ -146,8 +146,9 @@ def test_the_dashboard_draws_charts_and_updates_live_during_a_chat(people, opera
     chat = context.new_page()
     chat.goto(web_server.url + "/")
     chat.wait_for_selector("#connection.ok")
-    # Long enough (100 s) to be still streaming when it is stopped, however slow the box.
-    ask(chat, "[[fake tokens=2000 delay=0.05]] Where do zebras migrate?")
+    # The operator reads only the public handbook: a question about it reaches the LLM (one about
+    # alice's zebras could end at once as "not found"), long enough to be stopped on a slow box.
+    ask(chat, "[[fake tokens=2000 delay=0.05]] When is the office coffee machine cleaned?")
     dashboard.wait_for_function("document.querySelector('#active-generations').textContent === '1'")
     assert dashboard.inner_text("#ws") == "1"
     shot(dashboard, "7-dashboard-live")
