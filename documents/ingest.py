@@ -58,7 +58,7 @@ class StageSeconds:
             setattr(self, stage, getattr(self, stage) + time.perf_counter() - start)
 
 
-@dataclass
+@dataclass(eq=False)  # one document's work in flight: found and removed by identity, not by value
 class _Prepared:
     document: Document
     drafts: list[ChunkDraft]

@@ -6,7 +6,7 @@ ONNX Runtime's transformer optimiser, and, for ``onnx-int8``, its matrix product
 int8 with a scale per output channel. One scale per matrix (the naive recipe) lost too much:
 mean cosine to PyTorch 0.935-0.944. Per channel, every product can be int8: mean 0.9925, min 0.98
 on 1,000 real chunks; keeping the FFN output products in fp32 raised that to 0.996 but cost 19 %
-of the speed, and retrieval was unchanged without it (bench/RESULTS.md "Embedding engines").
+of the speed, and retrieval was unchanged without it (bench/RESULTS.md, "Issue 14").
 
 The file name carries a key of everything that shapes the graph (model weights, recipe, library
 versions), so an upgrade exports again instead of loading a stale graph. Processes that start
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import logging
 import os
 import tempfile
@@ -45,13 +46,11 @@ def exported_graph(model_dir: str, cache_dir: Path, *, quantized: bool) -> Path:
 
 
 def _key(model_dir: str) -> str:
-    import onnxruntime
-    import torch
-    import transformers
-
+    # Versions from the installed packages' metadata: importing torch and transformers only to read
+    # them would load both into a web process whose ONNX engine never uses them.
     digest = hashlib.sha256(RECIPE.encode())
-    for part in (torch.__version__, transformers.__version__, onnxruntime.__version__):
-        digest.update(part.encode())
+    for package in ("torch", "transformers", "onnxruntime"):
+        digest.update(importlib.metadata.version(package).encode())
     with open(os.path.join(model_dir, "model.safetensors"), "rb") as weights:
         digest.update(weights.read(1 << 20))  # the header and first tensors identify the weights
     digest.update(str(os.path.getsize(os.path.join(model_dir, "model.safetensors"))).encode())
