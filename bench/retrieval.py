@@ -320,22 +320,10 @@ def prewarm(conn) -> str:
 
 # --- the queries ------------------------------------------------------------------------------
 def statement_params(user, vector, text: str = "") -> dict:
-    """The parameters ``documents.search`` binds to its statement for a top 10 (see ``_hybrid``)."""
-    from django.conf import settings
-    from pgvector import Vector
+    """The parameters ``documents.search`` binds to its statement for a top 10."""
+    from documents.search import statement_params as product_params
 
-    from documents.search import CANDIDATES_PER_HIT, RRF_K
-
-    return {
-        "user": user.pk,
-        "vector": Vector(vector),
-        "text": text,
-        "candidates": K * CANDIDATES_PER_HIT,
-        "rrf_k": RRF_K,
-        "k": K,
-        "timeout": str(settings.RETRIEVAL_TIMEOUT_MS),
-        "ef": str(settings.HNSW_EF_SEARCH),
-    }
+    return product_params(user, text, vector, K)
 
 
 def timed(function: Callable, *args) -> tuple[float, float, Any]:

@@ -19,7 +19,8 @@ from django.db import DatabaseError
 
 from common.db import db_async
 from documents.embedding import embed_query, ensure_loaded
-from documents.search import Hit, search
+from documents.relevance import Retrieval, retrieve
+from documents.search import Hit
 from monitoring import metrics
 
 from . import protocol
@@ -29,7 +30,7 @@ from .errors import ChatError, InternalError
 from .llm import get_provider
 from .llm.base import ChatMessage, Generation, LLMError, LLMProvider, StreamLimits, guarded
 from .models import Message
-from .prompting import NOT_FOUND_ANSWER, build_messages, extractive_answer, retrieval_query
+from .prompting import NOT_FOUND_ANSWER, cited_numbers, extractive_answer, prompt_for, retrieval_query, support_block
 from .slots import generation_slots
 from .streaming import DeltaCoalescer
 
@@ -136,16 +137,15 @@ async def _produce(user: AbstractBaseUser, answer: Answer, provider: LLMProvider
     async with generation_slots().slot(settings.GENERATION_QUEUE_TIMEOUT, tell_position):
         answer.mark("slot")
         await send(protocol.start_frame(asked.answer_id, provider.name, provider.model))
-        hits = await _retrieve(user, answer)
-        if not _has_relevant(hits):
+        retrieval = await _retrieve(user, answer)
+        hits = retrieval.hits
+        if not retrieval.relevant:
             answer.sources = []  # nothing relevant: listing weak passages would look like support
             answer.parts.append(NOT_FOUND_ANSWER)
             await send(protocol.delta_frame(asked.answer_id, NOT_FOUND_ANSWER))
             return
         await send(protocol.status_frame(asked.answer_id, "generating"))
-        # A small local model reads a long prompt slowly: it gets fewer passages.
-        prompt_hits = hits[: provider.max_prompt_sources or len(hits)]
-        messages = build_messages(asked.question, asked.history, prompt_hits)
+        messages, given = prompt_for(provider, asked.question, asked.history, hits)
         try:
             async with breakers().guard("llm"):
                 await _stream(answer, provider, messages, send)
@@ -153,6 +153,16 @@ async def _produce(user: AbstractBaseUser, answer: Answer, provider: LLMProvider
             if answer.parts:
                 raise  # part of an answer was shown: keep it, marked failed
             await _degrade(answer, hits, exc, send)
+            return
+        if not cited_numbers(answer.text):
+            await _show_support(answer, given, send)
+
+
+async def _show_support(answer: Answer, given: list[Hit], send: Send) -> None:
+    """The model cited nothing: quote the passages it was given under its answer, labelled so."""
+    text = support_block(given)
+    answer.parts.append(text)
+    await send(protocol.delta_frame(answer.asked.answer_id, text))
 
 
 async def _degrade(answer: Answer, hits: list[Hit], cause: LLMError | CircuitOpen, send: Send) -> None:
@@ -167,7 +177,7 @@ async def _degrade(answer: Answer, hits: list[Hit], cause: LLMError | CircuitOpe
     await send(protocol.delta_frame(answer_id, text))
 
 
-async def _retrieve(user: AbstractBaseUser, answer: Answer) -> list[Hit]:
+async def _retrieve(user: AbstractBaseUser, answer: Answer) -> Retrieval:
     query = retrieval_query(answer.asked.question, answer.asked.history)
     await ensure_loaded()
     try:
@@ -178,7 +188,7 @@ async def _retrieve(user: AbstractBaseUser, answer: Answer) -> list[Hit]:
             vector = await embed_query(query)
         answer.mark("embedding")
         async with breakers().guard("retrieval"):
-            hits = await db_async(search)(user, query, vector)
+            retrieval = await db_async(retrieve)(user, query, vector)
     except CircuitOpen as exc:
         raise RetrievalFailed(f"{exc.name} is paused after repeated failures", exc.retry_in) from None
     except TimeoutError:
@@ -187,12 +197,8 @@ async def _retrieve(user: AbstractBaseUser, answer: Answer) -> list[Hit]:
         detail = "the search timed out" if "statement timeout" in str(exc) else "the database is unavailable"
         raise RetrievalFailed(detail) from exc
     answer.mark("retrieval")
-    answer.sources = [hit.as_source(n) for n, hit in enumerate(hits, start=1)]
-    return hits
-
-
-def _has_relevant(hits: list[Hit]) -> bool:
-    return any(hit.similarity >= settings.RETRIEVAL_MIN_SCORE or hit.keyword_match for hit in hits)
+    answer.sources = [hit.as_source(n) for n, hit in enumerate(retrieval.hits, start=1)]
+    return retrieval
 
 
 async def _stream(answer: Answer, provider: LLMProvider, messages: list[ChatMessage], send: Send) -> None:

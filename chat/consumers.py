@@ -15,7 +15,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from common.db import db_async
-from documents import embedding
+from documents import relevance
 from monitoring import metrics
 
 from . import protocol
@@ -46,7 +46,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
-        embedding.warm_up()  # a fresh server starts loading the model with its first chat
+        relevance.warm_up()  # a fresh server starts loading the model with its first chat
         await self.accept()
         metrics.connection_opened()
         janitor().ensure_running()

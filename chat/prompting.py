@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from documents.search import Hit
+from documents.search import Hit, snippet
 
-from .llm.base import ChatMessage
+from .llm.base import ChatMessage, LLMProvider
 
 SYSTEM_PROMPT = (
     "You answer questions about the user's documents. Use only the numbered sources given with "
     "the question. Cite every claim with the source number in square brackets, like [1] or [2]. "
     "If the sources do not contain the answer, say that it is not in the documents. Be concise."
+)
+# For a small local model: short, concrete, one thing to do, and said again at the end of the
+# question (a 135M model follows the last words best; measured: bench/RESULTS.md, "Issue 13").
+BRIEF_SYSTEM_PROMPT = (
+    "You answer questions using the numbered sources. Always end each sentence with the number of "
+    "the source it comes from, like [1]."
 )
 NOT_FOUND_ANSWER = (
     "I could not find anything about this in your documents, so I won't guess. "
@@ -56,6 +63,37 @@ def format_sources(hits: list[Hit]) -> str:
     return "\n\n".join(blocks)
 
 
+def brief_sources(hits: list[Hit], question: str, passage_chars: int) -> str:
+    """Numbered passages, each cut to its part nearest the question, without titles."""
+    return "\n\n".join(f"[{n}] {focus(hit.text, question, passage_chars)}" for n, hit in enumerate(hits, start=1))
+
+
+_SENTENCES = re.compile(r"(?<=[.!?:])\s+|\n+")
+_WORD = re.compile(r"[a-z0-9_]{3,}")
+
+
+def focus(text: str, question: str, chars: int) -> str:
+    """The run of consecutive sentences of ``text``, at most ``chars`` long, that shares the most
+    words with ``question`` (a small model reads a short passage faster and quotes it better)."""
+    text = text.strip()
+    if len(text) <= chars:
+        return text
+    wanted = set(_WORD.findall(question.lower()))
+    sentences = [s for s in _SENTENCES.split(text) if s.strip()]
+    best, best_score = "", -1
+    for start in range(len(sentences)):
+        window: list[str] = []
+        for sentence in sentences[start:]:
+            if window and len(" ".join([*window, sentence])) > chars:
+                break
+            window.append(sentence)
+        candidate = " ".join(window)[:chars]
+        score = len(wanted & set(_WORD.findall(candidate.lower())))
+        if score > best_score:
+            best, best_score = candidate, score
+    return best
+
+
 def _page(hit: Hit) -> str:
     return f"page {hit.page}" if hit.page else ""
 
@@ -75,10 +113,46 @@ def extractive_answer(hits: list[Hit], limit: int = 3) -> str:
 def build_messages(question: str, history: list[Turn], hits: list[Hit]) -> list[ChatMessage]:
     messages: list[ChatMessage] = [{"role": "system", "content": SYSTEM_PROMPT}]
     messages += [{"role": turn.role, "content": turn.text} for turn in history]
-    messages.append(
-        {
-            "role": "user",
-            "content": f"Sources:\n\n{format_sources(hits)}\n\nQuestion: {question}",
-        }
-    )
+    messages.append({"role": "user", "content": f"Sources:\n\n{format_sources(hits)}\n\nQuestion: {question}"})
     return messages
+
+
+def build_brief_messages(question: str, history: list[Turn], hits: list[Hit], passage_chars: int) -> list[ChatMessage]:
+    """For a small local model: short passages, and the instruction repeated after the question."""
+    numbers = " or ".join(f"[{n}]" for n in range(1, len(hits) + 1))
+    content = (
+        f"{brief_sources(hits, question, passage_chars)}\n\nQuestion: {question}\n"
+        f"Answer in one or two sentences, each ending with {numbers}."
+    )
+    messages: list[ChatMessage] = [{"role": "system", "content": BRIEF_SYSTEM_PROMPT}]
+    messages += [{"role": turn.role, "content": turn.text} for turn in history]
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def prompt_for(
+    provider: LLMProvider, question: str, history: list[Turn], hits: list[Hit]
+) -> tuple[list[ChatMessage], list[Hit]]:
+    """The messages ``provider`` gets for ``question``, and the passages they hold (numbered from 1
+    in this order): fewer, shorter ones and brief instructions for a small local model."""
+    given = hits[: provider.max_prompt_sources or len(hits)]
+    if provider.brief_instructions:
+        return build_brief_messages(question, history, given, provider.passage_chars or 300), given
+    return build_messages(question, history, given), given
+
+
+_CITATION = re.compile(r"\[(\d{1,2})\]")
+
+
+def cited_numbers(text: str) -> list[int]:
+    """The source numbers an answer cites ([n]), in order, once each (the chat page's rule too)."""
+    return list(dict.fromkeys(int(n) for n in _CITATION.findall(text)))
+
+
+SUPPORT_PREFIX = "\n\n**The model cited no source.** The passages it was given, best first:"
+
+
+def support_block(hits: list[Hit], limit: int = 2) -> str:
+    """Shown under an answer that cites nothing: the passages it rests on, quoted and numbered."""
+    quotes = [f"> {snippet(hit.text)} [{n}]" for n, hit in enumerate(hits[:limit], start=1)]
+    return "\n\n".join([SUPPORT_PREFIX, *quotes])

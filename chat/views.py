@@ -8,7 +8,7 @@ from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from documents import embedding
+from documents import relevance
 from documents.models import Collection
 
 from .actions import access_conversation
@@ -23,7 +23,7 @@ MAX_TITLE = 200
 @login_required
 @require_GET
 def home(request):
-    embedding.warm_up()  # the model loads while the person types their first question
+    relevance.warm_up()  # the model loads while the person types their first question
     provider = get_provider()
     context = {
         "conversations": Conversation.objects.filter(user=request.user)[:100],

@@ -276,8 +276,27 @@ EMBEDDING_CACHE_DIR = Path(env_str("EMBEDDING_CACHE_DIR", "") or VAR_DIR / "mode
 EMBEDDING_ENGINE_THREADS = env_int("EMBEDDING_ENGINE_THREADS", 1, minimum=1)
 CHUNK_TOKENS = env_int("CHUNK_TOKENS", 200, minimum=32)
 CHUNK_OVERLAP_TOKENS = env_int("CHUNK_OVERLAP_TOKENS", 40)
+# Embed and index each chunk after its section's heading path ("Guide › Install › Linux"); changing
+# it applies to documents ingested afterwards (manage.py reindex re-embeds the others).
+CHUNK_WITH_SECTION = env_bool("CHUNK_WITH_SECTION", True)
 RETRIEVAL_TOP_K = env_int("RETRIEVAL_TOP_K", 5, minimum=1)
-RETRIEVAL_MIN_SCORE = env_float("RETRIEVAL_MIN_SCORE", 0.2)
+# Weights of the vector and full-text rankings in the reciprocal-rank fusion.
+RETRIEVAL_VECTOR_WEIGHT = env_float("RETRIEVAL_VECTOR_WEIGHT", 1.0)
+RETRIEVAL_TEXT_WEIGHT = env_float("RETRIEVAL_TEXT_WEIGHT", 1.0)
+# The "not found" gate (documents/relevance.py), calibrated with `manage.py eval` on labelled sets
+# (bench/RESULTS.md, "Issue 13"): not found when a word of the question is in no readable chunk and
+# rare in English (Zipf frequency below RELEVANCE_RARE_WORD_ZIPF; 0 turns this off), or when
+# RELEVANCE_MAX_UNSEEN of the question's IDF-weighted terms are in no readable chunk (only among at
+# least RELEVANCE_UNSEEN_MIN_CHUNKS chunks: in a handful, most words are missing); otherwise
+# found when a passage's cosine similarity reaches RELEVANCE_MIN_SIMILARITY or one passage holds
+# RELEVANCE_MIN_COVERAGE of the question's weighted terms.
+RELEVANCE_MIN_SIMILARITY = env_float("RELEVANCE_MIN_SIMILARITY", 0.6)
+RELEVANCE_MIN_COVERAGE = env_float("RELEVANCE_MIN_COVERAGE", 0.3)
+RELEVANCE_MAX_UNSEEN = env_float("RELEVANCE_MAX_UNSEEN", 0.5)
+RELEVANCE_RARE_WORD_ZIPF = env_float("RELEVANCE_RARE_WORD_ZIPF", 1.8)
+RELEVANCE_UNSEEN_MIN_CHUNKS = env_int("RELEVANCE_UNSEEN_MIN_CHUNKS", 100)
+# Words of a question looked up by the full-text search and the gate (a pasted page is not a query).
+RETRIEVAL_MAX_QUERY_WORDS = env_int("RETRIEVAL_MAX_QUERY_WORDS", 32, minimum=1)
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 MAX_PDF_PAGES = env_int("MAX_PDF_PAGES", 2000, minimum=1)
@@ -315,6 +334,8 @@ LLM_IDLE_TIMEOUT = env_float("LLM_IDLE_TIMEOUT", 15.0, minimum=0.1)
 LLM_TOTAL_TIMEOUT = env_float("LLM_TOTAL_TIMEOUT", 120.0, minimum=0.1)
 LLM_LOCAL_THREADS = env_int("LLM_LOCAL_THREADS", 2, minimum=1)
 LLM_LOCAL_CONTEXT = env_int("LLM_LOCAL_CONTEXT", 2048, minimum=256)
+# A CPU generates ~20-40 tokens/s with the local model: a short answer, not LLM_MAX_TOKENS.
+LLM_LOCAL_MAX_TOKENS = env_int("LLM_LOCAL_MAX_TOKENS", 160, minimum=16)
 LLM_LOCAL_FIRST_TOKEN_TIMEOUT = env_float("LLM_LOCAL_FIRST_TOKEN_TIMEOUT", 90.0, minimum=1.0)
 
 # --- Timeouts and circuit breakers (resilience) -------------------------------------------------

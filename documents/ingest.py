@@ -113,7 +113,7 @@ class _Pipeline:
             self._collect(block=not self.waiting)
             batch = _next_batch(self.waiting)
             if batch:
-                encoding = self.encoder.submit(self._encode, [item.drafts[i].text for item, i in batch])
+                encoding = self.encoder.submit(self._encode, [embedded_text(item.drafts[i]) for item, i in batch])
                 self._write_embedded()  # the previous call's results, while the engine runs this one
                 self._receive(batch, encoding)
         self._write_embedded()
@@ -265,6 +265,14 @@ def _next_batch(waiting: list[_Prepared]) -> list[tuple[_Prepared, int]]:
     return batch
 
 
+def embedded_text(draft: ChunkDraft) -> str:
+    """What is embedded and indexed for full text: the chunk, after its section's heading path
+    when CHUNK_WITH_SECTION (measured: bench/RESULTS.md, "Issue 13"); the stored text stays the chunk."""
+    if settings.CHUNK_WITH_SECTION and draft.section:
+        return f"{draft.section}\n\n{draft.text}"
+    return draft.text
+
+
 @transaction.atomic
 def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[list[float]]) -> None:
     Chunk.objects.filter(document=document).delete()
@@ -279,7 +287,7 @@ def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[
             embedding=vector,
             # Computed by the INSERT itself: a later UPDATE would write every row twice, and add each
             # vector to the HNSW index twice.
-            search_vector=SearchVector(Value(draft.text, output_field=TextField()), config="english"),
+            search_vector=SearchVector(Value(embedded_text(draft), output_field=TextField()), config="english"),
         )
         for i, (draft, vector) in enumerate(zip(drafts, vectors))
     )

@@ -11,6 +11,7 @@ load (17 % of the server's GIL time in a 200-chat burst; bench/RESULTS.md).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import psycopg
@@ -50,12 +51,12 @@ def snippet(text: str) -> str:
 
 
 # Chunks of every document in a collection the user may read (public, owned, or as a member),
-# except failed documents. Chunks exist only once a document was fully ingested; a document being
+# optionally only in some of those collections, except failed documents. Chunks exist only once a document was fully ingested; a document being
 # re-processed keeps its old chunks searchable until the new ones replace them.
 READABLE = """
     readable AS (
         SELECT d.id FROM documents_document d JOIN documents_collection c ON c.id = d.collection_id
-        WHERE d.status <> 'failed' AND (
+        WHERE d.status <> 'failed' AND (%(collections)s::bigint[] IS NULL OR d.collection_id = ANY(%(collections)s)) AND (
             c.is_public OR c.owner_id = %(user)s OR EXISTS (
                 SELECT 1 FROM documents_collection_members m WHERE m.collection_id = c.id AND m.user_id = %(user)s
             )
@@ -78,10 +79,10 @@ BY_TEXT = """
         ORDER BY relevance DESC, ch.id LIMIT %(candidates)s
     ),
     by_text AS (SELECT id, 1 AS half, row_number() OVER (ORDER BY relevance DESC, id) AS rank FROM text_hits)"""
-# Reciprocal-rank fusion; ties go to the vector ranking's order, then the full-text one's.
+# Reciprocal-rank fusion, each half's ranks weighted (RETRIEVAL_*_WEIGHT); ties go to the vector ranking's order, then the full-text one's.
 FUSED = """
     fused AS (
-        SELECT id, sum(1.0 / (%(rrf_k)s + rank)) AS score, bool_or(half = 1) AS keyword_match,
+        SELECT id, sum(CASE half WHEN 0 THEN %(vector_weight)s ELSE %(text_weight)s END / (%(rrf_k)s + rank)) AS score, bool_or(half = 1) AS keyword_match,
                min(half * 1000000 + rank) AS first_seen
         FROM ({rankings}) ranked GROUP BY id
         ORDER BY score DESC, first_seen LIMIT %(k)s
@@ -96,9 +97,13 @@ TUNE = """SELECT set_config('statement_timeout', %(timeout)s, true), set_config(
        set_config('hnsw.iterative_scan', 'relaxed_order', true)"""
 
 
-def search(user, query_text: str, query_vector: list[float], k: int | None = None) -> list[Hit]:
-    """The ``k`` best chunks for the query among those ``user`` may read, best first."""
-    return _hybrid(user, query_text, query_vector, k or settings.RETRIEVAL_TOP_K, vector=True, text=True)
+def search(
+    user, query_text: str, query_vector: list[float], k: int | None = None, *, collections: Sequence[int] | None = None
+) -> list[Hit]:
+    """The ``k`` best chunks for the query among those ``user`` may read (in ``collections`` only,
+    when given), best first."""
+    k = k or settings.RETRIEVAL_TOP_K
+    return _hybrid(user, query_text, query_vector, k, vector=True, text=True, collections=collections)
 
 
 def vector_search(user, query_vector: list[float], k: int) -> list[Hit]:
@@ -111,6 +116,12 @@ def text_search(user, query_text: str, query_vector: list[float], k: int) -> lis
     return _hybrid(user, query_text, query_vector, k, vector=False, text=True)
 
 
+def capped_query(text: str) -> str:
+    """The query's last RETRIEVAL_MAX_QUERY_WORDS words: a question, not a pasted page, is looked up
+    word by word (the end holds the question itself when a follow-up carries the previous one)."""
+    return " ".join(text.split()[-settings.RETRIEVAL_MAX_QUERY_WORDS :])
+
+
 def hybrid_sql(*, vector: bool = True, text: bool = True) -> str:
     """The statement ``search`` runs (either half may be left out)."""
     halves = [(BY_VECTOR, "by_vector"), (BY_TEXT, "by_text")]
@@ -120,17 +131,36 @@ def hybrid_sql(*, vector: bool = True, text: bool = True) -> str:
     return "WITH" + ctes
 
 
-def _hybrid(user, query_text: str, query_vector: list[float], k: int, *, vector: bool, text: bool) -> list[Hit]:
-    params = {
+def statement_params(
+    user, query_text: str, query_vector: list[float], k: int, *, collections: Sequence[int] | None = None
+) -> dict:
+    """The parameters ``hybrid_sql``'s statement (and ``TUNE``) binds for the ``k`` best chunks."""
+    return {
         "user": user.pk,
+        "collections": list(collections) if collections is not None else None,
         "vector": Vector(query_vector),
-        "text": query_text,
+        "text": capped_query(query_text),
         "candidates": k * CANDIDATES_PER_HIT,
         "rrf_k": RRF_K,
+        "vector_weight": settings.RETRIEVAL_VECTOR_WEIGHT,
+        "text_weight": settings.RETRIEVAL_TEXT_WEIGHT,
         "k": k,
         "timeout": str(settings.RETRIEVAL_TIMEOUT_MS),
         "ef": str(settings.HNSW_EF_SEARCH),
     }
+
+
+def _hybrid(
+    user,
+    query_text: str,
+    query_vector: list[float],
+    k: int,
+    *,
+    vector: bool,
+    text: bool,
+    collections: Sequence[int] | None = None,
+) -> list[Hit]:
+    params = statement_params(user, query_text, query_vector, k, collections=collections)
     # Django's error classes (a statement timeout is a django.db.DatabaseError to the caller).
     with transaction.atomic(), connection.wrap_database_errors:
         raw = _psycopg_connection()

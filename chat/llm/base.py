@@ -69,6 +69,8 @@ class LLMProvider(ABC):
     model: str
     max_concurrency: int | None = None  # generations it can run at once; None: no cap of its own
     max_prompt_sources: int | None = None  # passages in the prompt; None: every retrieved one
+    passage_chars: int | None = None  # with brief_instructions: each passage cut to its part nearest the question
+    brief_instructions: bool = False  # a small model: short passages, instructions repeated after the question
 
     @property
     def first_token_timeout(self) -> float:

@@ -62,7 +62,11 @@ class LocalProvider(LLMProvider):
     name = "local"
     model = "SmolLM2-135M-Instruct"
     max_concurrency = 1  # one generation at a time per model instance
-    max_prompt_sources = 3  # prompt evaluation on CPU: ~1,400 tokens take 4-10 s on 2 cores
+    # Prompt evaluation on CPU is the wait before the first token (~1,400 tokens took 4-10 s on 2
+    # cores): two passages, each cut to its ~300 characters nearest the question.
+    max_prompt_sources = 2
+    passage_chars = 300
+    brief_instructions = True
 
     @property
     def first_token_timeout(self) -> float:
@@ -96,11 +100,12 @@ def _generate(messages: list[ChatMessage], generation: Generation, stop: threadi
         chunks = model.create_chat_completion(
             messages=messages,
             stream=True,
-            max_tokens=settings.LLM_MAX_TOKENS,
+            max_tokens=min(settings.LLM_MAX_TOKENS, settings.LLM_LOCAL_MAX_TOKENS),
             temperature=settings.LLM_TEMPERATURE,
             repeat_penalty=1.3,  # a 135M model otherwise loops on one phrase
         )
         produced = 0
+        loop = LoopDetector()
         for chunk in chunks:
             if stop.is_set():
                 break
@@ -111,12 +116,34 @@ def _generate(messages: list[ChatMessage], generation: Generation, stop: threadi
             if text:
                 produced += 1
                 put(text)
+                if loop.add(text):
+                    generation.finish_reason = "repetition"
+                    break
         generation.usage.completion_tokens = produced
         generation.usage.prompt_tokens = len(model.tokenize(_prompt_text(messages).encode()))
     except Exception as exc:  # handed to the loop, which raises it as LLMUnavailable
         put(exc)
     finally:
         put(_DONE)
+
+
+class LoopDetector:
+    """Notices when generated text starts saying again what it already said: the last
+    ``LOOP_WORDS`` words occurred before, in that order (a small model's loop; penalties alone
+    only make it vary the loop's wording slightly)."""
+
+    LOOP_WORDS = 8
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def add(self, delta: str) -> bool:
+        self.text += delta
+        words = self.text.split()
+        if len(words) < 2 * self.LOOP_WORDS or not delta.strip():
+            return False
+        tail = " ".join(words[-self.LOOP_WORDS :])
+        return f" {tail} " in f" {' '.join(words[: -self.LOOP_WORDS])} "
 
 
 def _prompt_text(messages: list[ChatMessage]) -> str:

@@ -32,6 +32,7 @@ DEFAULTS = {
     "mode": "ok",
     "status": 500,
     "cut_after": 3,
+    "cite": 1,  # 0: the answer cites no source
 }
 
 
@@ -121,7 +122,7 @@ class FakeGroq:
         question: str,
         behaviour: dict,
     ) -> None:
-        words = answer_words(question, int(behaviour["tokens"]))
+        words = answer_words(question, int(behaviour["tokens"]), cite=bool(behaviour["cite"]))
         created = int(time.time())
         await pause(request, float(behaviour["first_delay"]))
         if behaviour["mode"] == "hang":
@@ -151,9 +152,9 @@ class FakeGroq:
         self.stats.completed += 1
 
 
-def answer_words(question: str, tokens: int) -> list[str]:
+def answer_words(question: str, tokens: int, cite: bool = True) -> list[str]:
     clean = DIRECTIVE.sub("", question).strip()
-    words = f"You asked: «{clean}» [1].".split()
+    words = f"You asked: «{clean}»{' [1]' if cite else ''}.".split()
     return (words + [f"word{i}" for i in range(tokens)])[: max(tokens, 1)]
 
 

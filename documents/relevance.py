@@ -1,0 +1,207 @@
+"""Can the retrieved passages answer the question? The "not found" gate, calibrated on labelled sets.
+
+The nearest chunks always exist, so their presence says nothing, and cosine similarity alone
+separates poorly: with a fixed 0.2 threshold, 1 of 40 out-of-corpus questions over the Python
+documentation were answered "not found" (bench/RESULTS.md, "Issue 13"). Out-of-corpus questions
+are about something the documents never mention, and that shows in the question's words:
+
+* a word of the question that no readable chunk contains and that is rare in English
+  (``tomllib``, ``mmap``, ``Zendesk``: a name, not a paraphrase) — looked up in ``wordfreq``;
+* or much of the question's weight on such unseen words (each word weighted by its IDF among
+  the chunks the user may read, so "how", "use" or "file" weigh little), once there are enough
+  chunks for a missing everyday word to mean something;
+* or nothing close: no passage with a high cosine similarity and no passage holding a good share
+  of the question's weighted words.
+
+``manage.py eval`` measures the gate on a labelled set; its settings are how an operator tunes it
+for a corpus (docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from django.conf import settings
+from django.db import connection
+
+from . import embedding
+from .search import READABLE, Hit, capped_query, search
+
+# A term's document frequency is counted up to this many chunks: rarer terms are what matter, and
+# counting a very common word exactly would read thousands of rows per question.
+DF_CAP = 1000
+# What the English parser leaves of "doesn't", "isn't"...: not stop words to Postgres, not topics.
+CONTRACTIONS = "aren couldn didn doesn don hadn hasn haven isn mustn needn shouldn wasn weren won wouldn".split()
+_WORDS = re.compile(r"\w[\w'-]*")
+_DOTTED = re.compile(r"(?<=\w)\.(?=[^\W\d])")
+
+# The question's words as English stems (stop words and contractions left out), each with a word
+# it came from, how many readable chunks contain it (up to DF_CAP), which retrieved chunks do, and
+# the number of readable chunks. A stem is matched as one quoted lexeme (no parsing or stemming
+# again). Hyphenated words are left out as a whole: the parser also emits their parts.
+TERMS = (
+    "WITH"
+    + READABLE
+    + r""",
+    terms AS (
+        SELECT term, min(word) AS word,
+               ('''' || replace(replace(term, '\', '\\'), '''', '''''') || '''')::tsquery AS query
+        FROM unnest(%(words)s::text[]) AS word, unnest(tsvector_to_array(to_tsvector('english', word))) AS term
+        WHERE term NOT LIKE '%%-%%' AND term <> ALL(%(ignored)s)
+        GROUP BY term
+    )
+SELECT t.term, t.word,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM documents_chunk ch
+            WHERE ch.search_vector @@ t.query AND ch.document_id IN (SELECT id FROM readable) LIMIT %(cap)s
+       ) capped) AS df,
+       ARRAY(SELECT ch.id FROM documents_chunk ch WHERE ch.id = ANY(%(hits)s) AND ch.search_vector @@ t.query),
+       (SELECT coalesce(sum(d.chunks_total), 0) FROM documents_document d WHERE d.id IN (SELECT id FROM readable))
+FROM terms t ORDER BY t.term"""
+)
+
+
+@dataclass(frozen=True)
+class Term:
+    stem: str
+    word: str  # a word of the question it came from
+    df: int  # readable chunks containing it (up to DF_CAP)
+    in_hits: frozenset[int]  # the retrieved chunks containing it
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate decides on."""
+
+    best_similarity: float  # the highest cosine similarity of a retrieved passage to the question
+    coverage: float  # the highest IDF-weighted share of the question's terms one passage holds
+    unseen: float  # the IDF-weighted share of the question's terms no readable chunk holds
+    unknown: tuple[str, ...] = field(default=())  # unseen words that are rare in English too
+    terms: int = 0
+    chunks: int = 0  # readable chunks: in a handful, most words are unseen and that means nothing
+
+    def describe(self) -> str:
+        unknown = f", unknown {', '.join(self.unknown)}" if self.unknown else ""
+        return (
+            f"similarity {self.best_similarity:.2f}, coverage {self.coverage:.2f}, "
+            f"unseen {self.unseen:.2f} of {self.terms} terms{unknown}"
+        )
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    hits: list[Hit]
+    evidence: Evidence
+    relevant: bool  # False: answer "not found" rather than hand the model these passages
+
+
+def retrieve(
+    user, query: str, vector: list[float], *, k: int | None = None, collections: Sequence[int] | None = None
+) -> Retrieval:
+    """The best chunks for ``query`` that ``user`` may read, and whether they can answer it."""
+    hits = search(user, query, vector, k, collections=collections)
+    evidence = gather_evidence(user, query, hits, collections)
+    return Retrieval(hits, evidence, is_relevant(evidence))
+
+
+def is_relevant(evidence: Evidence) -> bool:
+    """Not about something the documents never mention, and close by similarity or by words."""
+    if evidence.unknown:
+        return False
+    if evidence.chunks >= settings.RELEVANCE_UNSEEN_MIN_CHUNKS and evidence.unseen >= settings.RELEVANCE_MAX_UNSEEN:
+        return False
+    return (
+        evidence.best_similarity >= settings.RELEVANCE_MIN_SIMILARITY
+        or evidence.coverage >= settings.RELEVANCE_MIN_COVERAGE
+    )
+
+
+def gather_evidence(user, query: str, hits: list[Hit], collections: Sequence[int] | None) -> Evidence:
+    best = max((hit.similarity for hit in hits), default=0.0)
+    hit_ids = [hit.chunk_id for hit in hits]
+    terms, total = query_terms(user, query, hit_ids, collections) if hits else ([], 0)
+    if not terms:  # nothing retrieved, or only stop words: similarity alone decides
+        return Evidence(best, 0.0, 0.0)
+    weights = {term.stem: math.log((total + 1) / (term.df + 0.5)) + 1 for term in terms}
+    whole = sum(weights.values())
+    held = [sum(weights[t.stem] for t in terms if chunk in t.in_hits) for chunk in hit_ids]
+    unseen = [term for term in terms if term.df == 0]
+    unseen_weight = sum(weights[t.stem] for t in unseen)
+    # Among a handful of chunks most words are missing and that means nothing: coverage is then
+    # measured against the words the chunks know.
+    known = whole if total >= settings.RELEVANCE_UNSEEN_MIN_CHUNKS else whole - unseen_weight
+    return Evidence(
+        best_similarity=best,
+        coverage=round(max(held) / known, 4) if known else 0.0,
+        unseen=round(unseen_weight / whole, 4),
+        unknown=tuple(t.word for t in unseen if rare_in_english(t.word)),
+        terms=len(terms),
+        chunks=total,
+    )
+
+
+def query_terms(user, query: str, hit_ids: list[int], collections: Sequence[int] | None) -> tuple[list[Term], int]:
+    """The query's terms with their document frequencies, and the number of readable chunks."""
+    params = {
+        "user": user.pk,
+        "collections": list(collections) if collections is not None else None,
+        "words": question_words(query),
+        "ignored": CONTRACTIONS,
+        "cap": DF_CAP,
+        "hits": hit_ids,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(TERMS, params)
+        rows = cursor.fetchall()
+    # Numbers are no topic (a version, a year, a tag): they neither make a passage relevant nor
+    # a question unanswerable.
+    terms = [Term(stem, word, df, frozenset(hits)) for stem, word, df, hits, _ in rows if not _has_digit(stem)]
+    return terms, (rows[0][4] if rows else 0)
+
+
+def _has_digit(text: str) -> bool:
+    return any(ch.isdigit() for ch in text)
+
+
+def question_words(query: str) -> list[str]:
+    """The query's words; a dotted name counts as its parts (``re.fullmatch``: ``re``, ``fullmatch``),
+    as documents rarely spell it whole (pydoc documents ``fullmatch`` under the heading ``re``)."""
+    return _WORDS.findall(_DOTTED.sub(" ", capped_query(query)))
+
+
+def rare_in_english(word: str) -> bool:
+    """A word that is not everyday English (Zipf frequency below RELEVANCE_RARE_WORD_ZIPF): a name
+    of a product, module or place."""
+    return zipf_frequency(word.lower()) < settings.RELEVANCE_RARE_WORD_ZIPF
+
+
+_frequencies_lock = threading.Lock()
+
+
+@lru_cache(maxsize=65536)
+def zipf_frequency(word: str) -> float:
+    return _lookup()(word, "en")
+
+
+@lru_cache(maxsize=1)
+def _lookup():
+    """wordfreq's lookup, its English list loaded once (~1 s of CPU): under a lock, as a burst of
+    first questions on a fresh server would otherwise load it on every database thread at once."""
+    with _frequencies_lock:
+        from wordfreq import zipf_frequency as lookup
+
+        lookup("the", "en")
+        return lookup
+
+
+def warm_up() -> None:
+    """Start loading the embedding engine and the word frequencies (~1 s, ~45 MB) in the
+    background, so a fresh server's first question waits for neither; returns at once."""
+    embedding.warm_up()
+    if _lookup.cache_info().currsize == 0:
+        threading.Thread(target=_lookup, name="wordfreq-load", daemon=True).start()
