@@ -111,10 +111,7 @@ def extractive_answer(hits: list[Hit], limit: int = 3) -> str:
 
 
 def build_messages(question: str, history: list[Turn], hits: list[Hit]) -> list[ChatMessage]:
-    messages: list[ChatMessage] = [{"role": "system", "content": SYSTEM_PROMPT}]
-    messages += [{"role": turn.role, "content": turn.text} for turn in history]
-    messages.append({"role": "user", "content": f"Sources:\n\n{format_sources(hits)}\n\nQuestion: {question}"})
-    return messages
+    return _conversation(SYSTEM_PROMPT, history, f"Sources:\n\n{format_sources(hits)}\n\nQuestion: {question}")
 
 
 def build_brief_messages(question: str, history: list[Turn], hits: list[Hit], passage_chars: int) -> list[ChatMessage]:
@@ -124,9 +121,14 @@ def build_brief_messages(question: str, history: list[Turn], hits: list[Hit], pa
         f"{brief_sources(hits, question, passage_chars)}\n\nQuestion: {question}\n"
         f"Answer in one or two sentences, each ending with {numbers}."
     )
-    messages: list[ChatMessage] = [{"role": "system", "content": BRIEF_SYSTEM_PROMPT}]
+    return _conversation(BRIEF_SYSTEM_PROMPT, history, content)
+
+
+def _conversation(instructions: str, history: list[Turn], question: str) -> list[ChatMessage]:
+    """The instructions, the memory window's turns, then the question with its sources."""
+    messages: list[ChatMessage] = [{"role": "system", "content": instructions}]
     messages += [{"role": turn.role, "content": turn.text} for turn in history]
-    messages.append({"role": "user", "content": content})
+    messages.append({"role": "user", "content": question})
     return messages
 
 
