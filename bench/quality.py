@@ -100,16 +100,14 @@ def old_gate(outcome) -> bool:
 
 
 def figures(outcomes, k: int, relevant: Callable | None = None) -> dict:
-    """``summarise``'s figures; with ``relevant``, the gate's two rates under that rule instead."""
+    """``summarise``'s figures; with ``relevant``, of the same passages judged by that rule instead."""
     from chat.evaluation import summarise
 
-    result = summarise(outcomes, k)
     if relevant is not None:
-        answerable = [o for o in outcomes if o.case.answerable]
-        unanswerable = [o for o in outcomes if not o.case.answerable]
-        result["not_found_accuracy"] = round(sum(not relevant(o) for o in unanswerable) / len(unanswerable), 3)
-        result["false_not_found"] = round(sum(not relevant(o) for o in answerable) / len(answerable), 3)
-    return result
+        outcomes = [
+            dataclasses.replace(o, retrieval=dataclasses.replace(o.retrieval, relevant=relevant(o))) for o in outcomes
+        ]
+    return summarise(outcomes, k)
 
 
 def row(label: str, f: dict, k: int) -> str:

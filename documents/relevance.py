@@ -23,14 +23,14 @@ import math
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 from django.conf import settings
 from django.db import connection
 
 from . import embedding
-from .search import READABLE, Hit, capped_query, search
+from .search import READABLE, Hit, capped_query, collection_ids, search
 
 # A term's document frequency is counted up to this many chunks: rarer terms are what matter, and
 # counting a very common word exactly would read thousands of rows per question.
@@ -81,7 +81,7 @@ class Evidence:
     best_similarity: float  # the highest cosine similarity of a retrieved passage to the question
     coverage: float  # the highest IDF-weighted share of the question's terms one passage holds
     unseen: float  # the IDF-weighted share of the question's terms no readable chunk holds
-    unknown: tuple[str, ...] = field(default=())  # unseen words that are rare in English too
+    unknown: tuple[str, ...] = ()  # unseen words that are rare in English too
     terms: int = 0
     chunks: int = 0  # readable chunks: in a handful, most words are unseen and that means nothing
 
@@ -149,7 +149,7 @@ def query_terms(user, query: str, hit_ids: list[int], collections: Sequence[int]
     """The query's terms with their document frequencies, and the number of readable chunks."""
     params = {
         "user": user.pk,
-        "collections": list(collections) if collections is not None else None,
+        "collections": collection_ids(collections),
         "words": question_words(query),
         "ignored": CONTRACTIONS,
         "cap": DF_CAP,

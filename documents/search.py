@@ -51,8 +51,9 @@ def snippet(text: str) -> str:
 
 
 # Chunks of every document in a collection the user may read (public, owned, or as a member),
-# optionally only in some of those collections, except failed documents. Chunks exist only once a document was fully ingested; a document being
-# re-processed keeps its old chunks searchable until the new ones replace them.
+# optionally only in some of those collections, except failed documents. Chunks exist only once
+# a document was fully ingested; a document being re-processed keeps its old chunks searchable
+# until the new ones replace them.
 READABLE = """
     readable AS (
         SELECT d.id FROM documents_document d JOIN documents_collection c ON c.id = d.collection_id
@@ -79,7 +80,8 @@ BY_TEXT = """
         ORDER BY relevance DESC, ch.id LIMIT %(candidates)s
     ),
     by_text AS (SELECT id, 1 AS half, row_number() OVER (ORDER BY relevance DESC, id) AS rank FROM text_hits)"""
-# Reciprocal-rank fusion, each half's ranks weighted (RETRIEVAL_*_WEIGHT); ties go to the vector ranking's order, then the full-text one's.
+# Reciprocal-rank fusion, each half's ranks weighted (RETRIEVAL_*_WEIGHT); ties go to the vector
+# ranking's order, then the full-text one's.
 FUSED = """
     fused AS (
         SELECT id, sum(CASE half WHEN 0 THEN %(vector_weight)s ELSE %(text_weight)s END / (%(rrf_k)s + rank)) AS score, bool_or(half = 1) AS keyword_match,
@@ -116,6 +118,11 @@ def text_search(user, query_text: str, query_vector: list[float], k: int) -> lis
     return _hybrid(user, query_text, query_vector, k, vector=False, text=True)
 
 
+def collection_ids(collections: Sequence[int] | None) -> list[int] | None:
+    """``READABLE``'s optional restriction as bound: a list, or NULL for every readable collection."""
+    return list(collections) if collections is not None else None
+
+
 def capped_query(text: str) -> str:
     """The query's last RETRIEVAL_MAX_QUERY_WORDS words: a question, not a pasted page, is looked up
     word by word (the end holds the question itself when a follow-up carries the previous one)."""
@@ -137,7 +144,7 @@ def statement_params(
     """The parameters ``hybrid_sql``'s statement (and ``TUNE``) binds for the ``k`` best chunks."""
     return {
         "user": user.pk,
-        "collections": list(collections) if collections is not None else None,
+        "collections": collection_ids(collections),
         "vector": Vector(query_vector),
         "text": capped_query(query_text),
         "candidates": k * CANDIDATES_PER_HIT,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import json
+from json import dumps
 from pathlib import Path
 
 from django.conf import settings
@@ -49,7 +49,7 @@ class Command(BaseCommand):
         if show:
             for outcome in outcomes:
                 self.stdout.write(describe(outcome))
-        self.stdout.write(_dumps(figures) if json else _table(figures))
+        self.stdout.write(dumps(figures) if json else _table(figures))
 
     def _user(self, username: str):
         account = get_user_model().objects.filter(username=username).first()
@@ -82,10 +82,6 @@ def describe(outcome: Outcome) -> str:
     if outcome.answer:
         line += f"\n      answer: {' '.join(outcome.answer.split())[:400]}"
     return line
-
-
-def _dumps(figures: dict) -> str:
-    return json.dumps(figures, sort_keys=False)
 
 
 def _table(figures: dict) -> str:
