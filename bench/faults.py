@@ -15,9 +15,12 @@ Reported per phase:
 - p50/p95 of the time to first token and of the total time, over every answer that finished (a
   degraded answer is an answer too), then split by final status; p95(faults) / p95(no faults);
 - the error rate: chats whose answer did not end ``complete`` (expected: ``degraded``, i.e. cited
-  passages instead of generated text, for the failing LLM calls; and once the LLM breaker opens
-  after 5 consecutive failures, healthy questions degrade too until its TTL), with counts per
-  final status, as the clients saw them and as stored;
+  passages instead of generated text, for the failing LLM calls only: the breaker opens on a
+  failure *rate* over a sliding window, 50 % of >= 10 calls in 30 s by default), with counts per
+  final status, as the clients saw them and as stored; and ``healthy !llm``, the questions without
+  the error directive that did not get the LLM's answer (the target: 0);
+- with ``--outage``, a third phase where every LLM call fails: how many seconds into it the
+  breaker was seen open, and how many calls reached the dead LLM;
 - lost messages: the questions and answers stored in the database during this run (found by a
   unique run tag in the question text) against the number sent -- must be equal -- and the
   answers left unfinished (``pending``) -- must be 0;
@@ -30,7 +33,7 @@ Servers, database, users and clients are those of ``bench/concurrency.py`` (``be
 with its own database ``docchat_bench``. Run from the project folder (a few minutes; exits
 non-zero if a message was lost, an answer left unfinished, or a server crashed)::
 
-    .venv/bin/python bench/faults.py [--chats 100] [--fail-rate 0.2] [--rounds 3]
+    .venv/bin/python bench/faults.py [--chats 100] [--fail-rate 0.2] [--rounds 3] [--outage]
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="picks which questions fail")
     parser.add_argument(
+        "--outage", action="store_true", help="also a phase where every LLM call fails: how soon the breaker opens"
+    )
+    parser.add_argument(
         "--warmup-chats", type=int, default=None, help="healthy chats at once before measuring (default: --chats)"
     )
     parser.add_argument(
@@ -122,6 +128,8 @@ class Phase:
     per_round: list[int] = field(default_factory=list)  # answers not complete, per round
     llm_states: Counter = field(default_factory=Counter)  # the LLM breaker's state per poll
     llm_requests: int = 0  # calls that reached the fake LLM
+    opened_after: list[float] = field(default_factory=list)  # per round: s into it when the breaker was seen open
+    round_started: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     stored: dict = field(default_factory=dict)  # counted in the database after the run
 
@@ -137,6 +145,11 @@ class Phase:
     @property
     def not_complete(self) -> int:
         return sum(1 for r in self.results if r.status != "complete")
+
+    @property
+    def healthy_not_complete(self) -> int:
+        """Questions without the error directive whose answer was not the LLM's (the target: 0)."""
+        return sum(1 for r in self.results if "mode=error" not in r.question and r.status != "complete")
 
     def other_errors(self) -> Counter:
         """Client-side problems besides the expected ones (status and the LLM's error frame)."""
@@ -219,6 +232,8 @@ async def poll_once(client, phase: Phase, lag_max_before: float, started: float)
             phase.round_rose_to = max(lag["max"], phase.round_rose_to or 0.0)
         llm = next((b for b in summary["breakers"] if b["name"] == "llm"), {})
         phase.llm_states[llm.get("state", "?")] += 1
+        if llm.get("state") == "opened" and len(phase.opened_after) < len(phase.per_round) + 1:
+            phase.opened_after.append(time.monotonic() - phase.round_started)
     except Exception as exc:  # noted in the report: a gap in the lag samples
         phase.polls_failed.append(f"{type(exc).__name__}: {exc}"[:120])
 
@@ -231,6 +246,7 @@ async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: S
     results = questions_for(phase, round_, run_tag, args, rng)
     stop_polling = asyncio.Event()
     first_sample, phase.round_rose_to = len(phase.lags), None
+    phase.round_started = time.monotonic()
     poller = asyncio.create_task(poll_summary(client, phase, stop_polling, lag_max_before))
     cpu = process_meter(servers)
     try:
@@ -308,7 +324,7 @@ def print_report(phases: list[Phase], args) -> None:
     base_p95_ok = percentile(baseline.times("total", "complete"), 95)
     header = (
         f"{'phase':<10} {'fail':>5} {'chats':>5} {'not complete':>12} {LATENCY_HEADER} "
-        f"{'p95/base':>8} {'loop lag max':>12} {'lost q/a':>8} {'pending':>7} {'llm calls':>9}"
+        f"{'p95/base':>8} {'loop lag max':>12} {'lost q/a':>8} {'pending':>7} {'llm calls':>9} {'healthy !llm':>12}"
     )
     print_heading(header)
     for p in phases:
@@ -321,8 +337,15 @@ def print_report(phases: list[Phase], args) -> None:
         latency = latency_cells(p.times("first_token"), p.times("total"))
         print(
             f"{p.name:<10} {p.fail_rate:>5.0%} {sent:>5} {rate:>12} {latency} "
-            f"{ratio(p95, base_p95):>8} {lag:>12} {lost:>8} {pending!s:>7} {p.llm_requests:>9}"
+            f"{ratio(p95, base_p95):>8} {lag:>12} {lost:>8} {pending!s:>7} {p.llm_requests:>9} "
+            f"{p.healthy_not_complete:>12}"
         )
+    print("(healthy !llm: questions without the error directive that did not get the LLM's answer)")
+    for p in phases:
+        if p.opened_after:
+            print(
+                f"  {p.name}: the LLM breaker was seen open {[round(t, 1) for t in p.opened_after]} s into its rounds"
+            )
     print()
     print("by final status (as the clients saw it):")
     print(f"  {'phase':<10} {'status':<10} {'count':>5} {LATENCY_HEADER}")
@@ -342,7 +365,7 @@ def print_report(phases: list[Phase], args) -> None:
             ]
             print(f"  {p.name:<10} {status:<10} " + " ".join(f"{c:>17}" for c in cells))
     print()
-    faults = phases[-1]
+    faults = phases[1]
     print(
         f"p95 total (all answers) faults/no faults: {ratio(percentile(faults.times('total'), 95), base_p95)}; "
         f"complete answers only: {ratio(percentile(faults.times('total', 'complete'), 95), base_p95_ok)}"
@@ -412,6 +435,8 @@ def main() -> int:
     print("preparing the bench database, users and documents ...", flush=True)
     cookies = prepare_database(args.chats).users
     phases = [Phase("no faults", "b", 0.0), Phase("faults", "f", args.fail_rate)]
+    if args.outage:
+        phases.append(Phase("outage", "o", 1.0))
     failure = ""
     problems: list[str] = []
     try:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from importlib import import_module
+from types import SimpleNamespace
 
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from .errors import NotFound
+from .errors import ChatError, NotFound
 from .models import Conversation, Message
 from .prompting import Turn, memory_window
 
@@ -44,6 +47,31 @@ def access_answer(user, answer_id: int) -> Message:
         return Message.objects.get(pk=answer_id, conversation__user=user, role=Message.Role.ASSISTANT)
     except Message.DoesNotExist:
         raise NotFound("answer", answer_id) from None
+
+
+class SignedOut(ChatError):
+    """The socket's session no longer signs its user in: signed out, password changed, deactivated."""
+
+    code = "signed_out"
+    user_message = "You have been signed out. Sign in again to keep chatting."
+
+
+def check_signed_in(session_key: str | None, user) -> None:
+    """Raise ``SignedOut`` unless the session, read afresh, still signs ``user`` in (Django's own
+    check: the session exists and names the user, whose auth hash still matches its password and
+    who is still active)."""
+    if not session_key:
+        raise SignedOut()
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    current = get_user(SimpleNamespace(session=store))  # type: ignore[arg-type]  # it reads .session only
+    if not current.is_authenticated or current.pk != user.pk:
+        raise SignedOut()
+
+
+def do_ask(session_key: str | None, user, conversation_id: int | None, text: str, client_id: str) -> Asked:
+    """A question on a socket: still signed in, then recorded (one thread hop for both)."""
+    check_signed_in(session_key, user)
+    return do_record_question(user, conversation_id, text, client_id)
 
 
 def title_from(question: str) -> str:

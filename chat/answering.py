@@ -8,6 +8,7 @@ the answer is written and, if the client is still there, a ``finish`` frame is s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from monitoring import metrics
 
 from . import protocol
 from .actions import Asked, do_finish_answer
-from .breakers import CircuitOpen, breakers
+from .breakers import Call, CircuitOpen, breakers
 from .errors import ChatError, InternalError
 from .llm import get_provider
 from .llm.base import ChatMessage, Generation, LLMError, LLMProvider, StreamLimits, guarded
@@ -108,7 +109,8 @@ async def answer_question(user: AbstractBaseUser, asked: Asked, send: Send) -> A
     finally:
         answer.mark("total")
         final = answer.final(provider)
-        # Shielded: a second cancel (server shutting down) must not lose the final state.
+        # Shielded: a second cancel (server shutting down) must not lose the final state. It never
+        # raises: the user gets the finish frame even if the database refused the write.
         await asyncio.shield(_persist(final))
         logger.info("answer %s ended %s in %.2fs", asked.answer_id, answer.status, answer.timings["total"])
         metrics.record_answer(answer.status, answer.timings, answer.deltas)
@@ -145,10 +147,11 @@ async def _produce(user: AbstractBaseUser, answer: Answer, provider: LLMProvider
             await send(protocol.delta_frame(asked.answer_id, NOT_FOUND_ANSWER))
             return
         await send(protocol.status_frame(asked.answer_id, "generating"))
-        messages, given = prompt_for(provider, asked.question, asked.history, hits)
         try:
-            async with breakers().guard("llm"):
-                await _stream(answer, provider, messages, send)
+            count = await provider.prompt_counter()
+            messages, given = prompt_for(provider, asked.question, asked.history, hits, count)
+            async with breakers().guard("llm") as call:
+                await _stream(answer, provider, messages, send, call)
         except (LLMError, CircuitOpen) as exc:
             if answer.parts:
                 raise  # part of an answer was shown: keep it, marked failed
@@ -201,7 +204,7 @@ async def _retrieve(user: AbstractBaseUser, answer: Answer) -> Retrieval:
     return retrieval
 
 
-async def _stream(answer: Answer, provider: LLMProvider, messages: list[ChatMessage], send: Send) -> None:
+async def _stream(answer: Answer, provider: LLMProvider, messages: list[ChatMessage], send: Send, call: Call) -> None:
     deltas = provider.stream(messages, answer.generation)
     limits = StreamLimits(provider.first_token_timeout, settings.LLM_IDLE_TIMEOUT, settings.LLM_TOTAL_TIMEOUT)
     answer_id = answer.asked.answer_id
@@ -213,15 +216,46 @@ async def _stream(answer: Answer, provider: LLMProvider, messages: list[ChatMess
         async for delta in guarded(deltas, limits):
             if not answer.parts:
                 answer.mark("first_token")
+                await call.succeeded()  # the LLM works: what follows is this answer's fate alone
             answer.parts.append(delta)
             answer.deltas += 1
             out.add(delta)
 
 
 async def _persist(final: Message) -> None:
-    """Write the final state; one retry on a fresh connection if the database dropped ours."""
+    """Write the final state: at once, once more on a fresh connection if the database dropped
+    ours, then in the background with back-off, holding the answer in memory meanwhile."""
+    for attempt in (1, 2):
+        try:
+            await db_async(do_finish_answer)(final)
+            return
+        except Exception:
+            logger.warning("saving answer %s failed (attempt %s)", final.pk, attempt, exc_info=attempt == 2)
+    task = asyncio.get_running_loop().create_task(_persist_later(final))
+    _saving.add(task)
+    task.add_done_callback(_saving.discard)
+
+
+_saving: set[asyncio.Task] = set()  # strong references: a bare task may be garbage-collected
+PERSIST_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)  # then every 30 s until PERSIST_RETRY_FOR
+PERSIST_RETRY_FOR = 15 * 60.0
+
+
+async def _persist_later(final: Message) -> None:
+    metrics.answer_unsaved()
+    deadline = time.monotonic() + PERSIST_RETRY_FOR
     try:
-        await db_async(do_finish_answer)(final)
-    except DatabaseError:
-        logger.warning("saving answer %s failed; retrying once", final.pk)
-        await db_async(do_finish_answer)(final)
+        for attempt in itertools.count():
+            await asyncio.sleep(PERSIST_RETRY_DELAYS[min(attempt, len(PERSIST_RETRY_DELAYS) - 1)])  # back-off
+            try:
+                await db_async(do_finish_answer)(final)
+            except Exception:
+                if time.monotonic() > deadline:
+                    logger.error("answer %s (%s chars) could not be saved for %.0f s; giving up",
+                                 final.pk, len(final.text), PERSIST_RETRY_FOR)  # fmt: skip
+                    return
+                continue
+            logger.info("answer %s saved after %s retries", final.pk, attempt + 1)
+            return
+    finally:
+        metrics.answer_saved_late()

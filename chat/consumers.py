@@ -13,23 +13,46 @@ from collections.abc import Awaitable, Callable
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from common.db import db_async
 from documents import relevance
 from monitoring import metrics
 
 from . import protocol
-from .actions import Asked, access_answer, do_record_question
+from .actions import Asked, SignedOut, access_answer, do_ask
 from .answering import answer_question
 from .errors import ChatError, InternalError
 from .janitor import janitor
 from .models import Message
+from .presence import sockets
 from .protocol import ProtocolError, check_frame
-from .ratelimit import question_limiter
+from .ratelimit import FrameBudget, question_limiter
 from .slots import user_generations
 
 logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_POLICY = 1008  # WebSocket's "policy violation": too many frames, or too many sockets
+
+
+class TooManyFrames(ChatError):
+    code = "too_many_frames"
+
+    def __init__(self) -> None:
+        super().__init__(
+            user_message=f"This connection sent more than {settings.WS_FRAMES_PER_SECOND:g} frames per second "
+            "for too long and was closed."
+        )
+
+
+class TooManySockets(ChatError):
+    code = "too_many_sockets"
+
+    def __init__(self) -> None:
+        super().__init__(
+            user_message=f"You have {settings.WS_MAX_SOCKETS_PER_USER} chat connections open already; "
+            "close a tab and reload."
+        )
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -46,11 +69,33 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
+        self.user_id = user.pk
+        self.session_key = self.scope["session"].session_key
+        self.socket_id = sockets().new_id()
+        self.budget = FrameBudget(settings.WS_FRAMES_PER_SECOND, settings.WS_FRAME_BURST)
         relevance.warm_up()  # a fresh server starts loading the model with its first chat
         await self.accept()
+        if not await sockets().open(self):
+            await self._refuse(TooManySockets(), CLOSE_POLICY)
+            return
+        self.registered = True
         metrics.connection_opened()
         janitor().ensure_running()
         self.counted = True
+
+    async def signed_out(self, error: SignedOut | None = None, client_id: str | None = None) -> None:
+        """The session ended (sign-out here or in another process, password change, deactivation)."""
+        if self.closed:
+            return
+        await self.send_frame(protocol.error_frame(error or SignedOut(), client_id=client_id))
+        self.closed = True
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def _refuse(self, error: ChatError, code: int) -> None:
+        """Tell the client why, then close the socket with ``code``."""
+        await self.send_frame(protocol.error_frame(error))
+        self.closed = True
+        await self.close(code=code)
 
     async def dispatch(self, message) -> None:
         # Channels closes stale DB connections before every message through its single sync
@@ -75,6 +120,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if getattr(self, "counted", False):
             self.counted = False
             metrics.connection_closed()
+        if getattr(self, "registered", False):
+            self.registered = False
+            await asyncio.shield(sockets().close(self))
         self.closed = True
         tasks = list(getattr(self, "tasks", {}).values())
         for task in tasks:
@@ -84,6 +132,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         client_id: str | None = None
+        if self.closed:
+            return
+        if not self.budget.take():
+            await self._refuse(TooManyFrames(), CLOSE_POLICY)
+            return
         try:
             frame = check_frame(text_data, bytes_data)
             if frame["type"] == "ask":
@@ -93,6 +146,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.handle_stop(frame)
             else:
                 await self.handle_ping(frame)
+        except SignedOut as exc:
+            await self.signed_out(exc, client_id)
         except ChatError as exc:
             client_id = exc.client_id if isinstance(exc, ProtocolError) else client_id
             await self.send_frame(protocol.error_frame(exc, client_id=client_id))
@@ -104,8 +159,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         release = await user_generations().acquire(self.user.pk)
         try:
             await question_limiter().check(self.user.pk)
-            asked = await db_async(do_record_question)(
-                self.user, frame["conversation_id"], frame["text"], frame["client_id"]
+            asked = await db_async(do_ask)(
+                self.session_key, self.user, frame["conversation_id"], frame["text"], frame["client_id"]
             )
             await self.send_frame(
                 protocol.ack_frame(

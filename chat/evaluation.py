@@ -138,11 +138,12 @@ def answer_all(outcomes: list[Outcome], provider: LLMProvider) -> None:
 
 async def _answer_all(outcomes: list[Outcome], provider: LLMProvider) -> None:
     await _warm_up(provider)
+    count = await provider.prompt_counter()
     for outcome in outcomes:
         if outcome.not_found:
             outcome.answer = NOT_FOUND_ANSWER
             continue
-        messages, hits = prompt_for(provider, outcome.case.question, [], outcome.retrieval.hits)
+        messages, hits = prompt_for(provider, outcome.case.question, [], outcome.retrieval.hits, count)
         started = time.perf_counter()
         parts: list[str] = []
         async for delta in provider.stream(messages, Generation()):

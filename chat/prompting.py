@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from django.conf import settings
 
 from documents.search import Hit, snippet
 
-from .llm.base import ChatMessage, LLMProvider
+from .llm.base import ChatMessage, LLMProvider, LLMRequestRejected, PromptCounter
 
 SYSTEM_PROMPT = (
     "You answer questions about the user's documents. Use only the numbered sources given with "
@@ -24,7 +26,9 @@ NOT_FOUND_ANSWER = (
     "I could not find anything about this in your documents, so I won't guess. "
     "Try rephrasing the question, or check that the relevant document has been uploaded."
 )
-CHARS_PER_TOKEN = 4  # rough size of an English token; only used to bound the memory window
+# Rough size of an English token: only bounds how much memory is loaded from the database; the
+# prompt itself is measured with the model's tokenizer (``prompt_for``).
+CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True)
@@ -132,15 +136,59 @@ def _conversation(instructions: str, history: list[Turn], question: str) -> list
     return messages
 
 
+PROMPT_MARGIN_TOKENS = 16  # slack under the context for tokens a chat template adds at the end
+MIN_PASSAGE_CHARS = 200  # a passage cut shorter than this no longer supports an answer
+
+
 def prompt_for(
-    provider: LLMProvider, question: str, history: list[Turn], hits: list[Hit]
+    provider: LLMProvider, question: str, history: list[Turn], hits: list[Hit], count: PromptCounter
 ) -> tuple[list[ChatMessage], list[Hit]]:
     """The messages ``provider`` gets for ``question``, and the passages they hold (numbered from 1
-    in this order): fewer, shorter ones and brief instructions for a small local model."""
+    in this order): fewer, shorter ones and brief instructions for a small local model.
+
+    Measured with ``count`` (the model's tokenizer, or a bound never below it), the prompt plus the
+    answer's ``max_tokens`` fits the model's context: the oldest turns of the memory go first,
+    then the last passages, then the one passage left is cut to its part nearest the question.
+    Raises ``LLMRequestRejected`` if even the question alone does not fit."""
+    budget = provider.context_tokens - provider.answer_tokens - PROMPT_MARGIN_TOKENS
     given = hits[: provider.max_prompt_sources or len(hits)]
+    turns = _memory_within(history, count, settings.MEMORY_WINDOW_TOKENS)
+    chars = provider.passage_chars if provider.brief_instructions else None
+    while True:
+        messages = _build(provider, question, turns, given, chars)
+        if count(messages) <= budget:
+            return messages, given
+        if turns:
+            turns = turns[1:]
+        elif len(given) > 1:
+            given = given[:-1]
+        elif given and len(given[0].text) // 2 >= MIN_PASSAGE_CHARS:
+            cut = focus(given[0].text, question, len(given[0].text) // 2)
+            given = [replace(given[0], text=cut)]
+            chars = min(chars, len(cut)) if chars else None
+        else:
+            raise LLMRequestRejected(f"the prompt needs {count(messages)} tokens; the model takes {budget}")
+
+
+def _build(
+    provider: LLMProvider, question: str, turns: list[Turn], given: list[Hit], chars: int | None
+) -> list[ChatMessage]:
     if provider.brief_instructions:
-        return build_brief_messages(question, history, given, provider.passage_chars or 300), given
-    return build_messages(question, history, given), given
+        return build_brief_messages(question, turns, given, chars or 300)
+    return build_messages(question, turns, given)
+
+
+def _memory_within(history: list[Turn], count: PromptCounter, budget_tokens: int) -> list[Turn]:
+    """The most recent turns whose tokens add up to at most ``budget_tokens`` (the memory window
+    measured with the model's tokenizer; ``memory_window`` bounds what is loaded from the DB)."""
+    kept: list[Turn] = []
+    used = 0
+    for turn in reversed(history):
+        used += count([{"role": turn.role, "content": turn.text}])
+        if used > budget_tokens:
+            break
+        kept.insert(0, turn)
+    return kept
 
 
 _CITATION = re.compile(r"\[(\d{1,2})\]")

@@ -51,12 +51,14 @@ def check_frame(text_data: str | None, bytes_data: bytes | None) -> IncomingFram
     """The parsed, validated frame; raises ``ProtocolError`` with a code for anything else."""
     if text_data is None:
         raise ProtocolError("invalid_frame", "Binary frames are not supported; send JSON text.")
-    if len(text_data.encode()) > settings.MAX_FRAME_BYTES:
+    if len(text_data.encode(errors="surrogatepass")) > settings.MAX_FRAME_BYTES:
         raise ProtocolError("frame_too_large", f"Frames are limited to {settings.MAX_FRAME_BYTES} bytes.")
     try:
         frame = json.loads(text_data)
     except ValueError:
         raise ProtocolError("invalid_json", "The frame is not valid JSON.") from None
+    except RecursionError:  # "[" * 16000: the parser's own depth limit, not a server failure
+        raise ProtocolError("invalid_json", "The frame nests too deeply to be a chat frame.") from None
     if not isinstance(frame, dict):
         raise ProtocolError("invalid_frame", "A frame must be a JSON object.")
     checker = _CHECKERS.get(str(frame.get("type")))
@@ -82,19 +84,30 @@ def check_ask(frame: dict[str, Any]) -> AskFrame:
         raise ProtocolError("missing_field", "'text' must be a non-empty string.")
     if len(text) > settings.MAX_QUESTION_CHARS:
         raise ProtocolError("text_too_long", f"Questions are limited to {settings.MAX_QUESTION_CHARS} characters.")
+    check_storable(text)
     conversation_id = frame.get("conversation_id")
-    if conversation_id is not None and not _is_int(conversation_id):
-        raise ProtocolError("invalid_field", "'conversation_id' must be an integer or null.")
+    if conversation_id is not None and not _is_id(conversation_id):
+        raise ProtocolError("invalid_field", "'conversation_id' must be a positive integer or null.")
     client_id = valid_uuid(frame.get("client_id"))
     if client_id is None:
         raise ProtocolError("missing_field", "'client_id' must be a UUID.")
     return {"type": "ask", "conversation_id": conversation_id, "text": text.strip(), "client_id": client_id}
 
 
+def check_storable(text: str) -> None:
+    """Text the database can store: no NUL character, no lone surrogate (JSON's ``\\ud800``)."""
+    if "\x00" in text:
+        raise ProtocolError("invalid_text", "The question contains a NUL character; remove it and resend.")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ProtocolError("invalid_text", "The question contains an invalid character (a lone surrogate).") from None
+
+
 def check_stop(frame: dict[str, Any]) -> StopFrame:
     answer_id = frame.get("answer_id")
-    if not _is_int(answer_id):
-        raise ProtocolError("missing_field", "'answer_id' must be an integer.")
+    if not _is_id(answer_id):
+        raise ProtocolError("missing_field", "'answer_id' must be a positive integer.")
     return {"type": "stop", "answer_id": answer_id}
 
 
@@ -102,8 +115,9 @@ def check_ping(frame: dict[str, Any]) -> PingFrame:
     return {"type": "ping"}
 
 
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_id(value: Any) -> TypeGuard[int]:
+    """A row id: a JSON integer within the database's bigint (a larger one fails in the query)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
 _CHECKERS: dict[str, Callable[[dict[str, Any]], IncomingFrame]] = {

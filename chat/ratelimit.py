@@ -64,3 +64,21 @@ class QuestionLimiter:
 
 
 question_limiter = per_loop(QuestionLimiter)
+
+
+class FrameBudget:
+    """A token bucket for one socket's frames: ``rate`` per second, up to ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        """Spend one frame's token; False when the socket sends faster than its budget."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True

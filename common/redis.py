@@ -62,3 +62,12 @@ class LocalFallback:
     def start(self) -> None:
         logger.warning("Redis unreachable for %s; using this process's memory for %ss", self.what, FALLBACK_SECONDS)
         self.until = time.monotonic() + FALLBACK_SECONDS
+
+
+def sync_client():
+    """A redis-py client for ``settings.REDIS_URL``, for code that runs outside an event loop."""
+    import redis
+
+    if not settings.REDIS_URL:
+        raise RuntimeError("REDIS_URL is not set")
+    return redis.Redis.from_url(settings.REDIS_URL, **timeout_options())

@@ -322,6 +322,9 @@ INGEST_WORKER_NICE = env_int("INGEST_WORKER_NICE", 10, minimum=0)
 GROQ_API_KEY = env_str("GROQ_API_KEY", "") or ""
 GROQ_MODEL = env_str("GROQ_MODEL", "llama-3.1-8b-instant")
 GROQ_BASE_URL = env_url("GROQ_BASE_URL", ("http", "https"))
+# The model's context window in tokens: prompt + LLM_MAX_TOKENS are kept within it
+# (llama-3.1-8b-instant: 131,072).
+GROQ_CONTEXT_TOKENS = env_int("GROQ_CONTEXT_TOKENS", 131_072, minimum=512)
 LLM_PROVIDER = env_str("LLM_PROVIDER", "groq" if GROQ_API_KEY else "local")
 if LLM_PROVIDER not in {"groq", "local"}:
     raise ImproperlyConfigured(f"LLM_PROVIDER must be 'groq' or 'local', got {LLM_PROVIDER!r}")
@@ -341,12 +344,25 @@ LLM_LOCAL_FIRST_TOKEN_TIMEOUT = env_float("LLM_LOCAL_FIRST_TOKEN_TIMEOUT", 90.0,
 # --- Timeouts and circuit breakers (resilience) -------------------------------------------------
 EMBEDDING_TIMEOUT = env_float("EMBEDDING_TIMEOUT", 10.0, minimum=0.01)
 RETRIEVAL_TIMEOUT_MS = env_int("RETRIEVAL_TIMEOUT_MS", 5000, minimum=1)
-BREAKER_LLM_THRESHOLD = env_int("BREAKER_LLM_THRESHOLD", 5, minimum=1)
+# A breaker opens when at least BREAKER_<NAME>_FAILURE_RATE of the calls that ended in the last
+# BREAKER_<NAME>_WINDOW seconds failed, once there were BREAKER_<NAME>_MIN_CALLS of them (a rate
+# over a sliding window, as resilience4j does: consecutive counting turned 20 % failing LLM calls
+# into 63 % degraded answers). It stays open BREAKER_<NAME>_TTL seconds, then trial calls decide.
+BREAKER_LLM_MIN_CALLS = env_int("BREAKER_LLM_MIN_CALLS", 10, minimum=1)
+BREAKER_LLM_FAILURE_RATE = env_float("BREAKER_LLM_FAILURE_RATE", 0.5, minimum=0.01)
+BREAKER_LLM_WINDOW = env_float("BREAKER_LLM_WINDOW", 30.0, minimum=1.0)
 BREAKER_LLM_TTL = env_float("BREAKER_LLM_TTL", 60.0, minimum=0.1)
-BREAKER_EMBEDDING_THRESHOLD = env_int("BREAKER_EMBEDDING_THRESHOLD", 3, minimum=1)
+BREAKER_EMBEDDING_MIN_CALLS = env_int("BREAKER_EMBEDDING_MIN_CALLS", 5, minimum=1)
+BREAKER_EMBEDDING_FAILURE_RATE = env_float("BREAKER_EMBEDDING_FAILURE_RATE", 0.5, minimum=0.01)
+BREAKER_EMBEDDING_WINDOW = env_float("BREAKER_EMBEDDING_WINDOW", 30.0, minimum=1.0)
 BREAKER_EMBEDDING_TTL = env_float("BREAKER_EMBEDDING_TTL", 30.0, minimum=0.1)
-BREAKER_RETRIEVAL_THRESHOLD = env_int("BREAKER_RETRIEVAL_THRESHOLD", 3, minimum=1)
+BREAKER_RETRIEVAL_MIN_CALLS = env_int("BREAKER_RETRIEVAL_MIN_CALLS", 5, minimum=1)
+BREAKER_RETRIEVAL_FAILURE_RATE = env_float("BREAKER_RETRIEVAL_FAILURE_RATE", 0.5, minimum=0.01)
+BREAKER_RETRIEVAL_WINDOW = env_float("BREAKER_RETRIEVAL_WINDOW", 30.0, minimum=1.0)
 BREAKER_RETRIEVAL_TTL = env_float("BREAKER_RETRIEVAL_TTL", 30.0, minimum=0.1)
+for _name in ("LLM", "EMBEDDING", "RETRIEVAL"):
+    if globals()[f"BREAKER_{_name}_FAILURE_RATE"] > 1:
+        raise ImproperlyConfigured(f"BREAKER_{_name}_FAILURE_RATE is a share of calls: at most 1")
 
 # --- Monitoring alerts ------------------------------------------------------------------------
 ALERT_POOL_USE = env_float("ALERT_POOL_USE", 0.8)  # fraction of DB_POOL_MAX in use
@@ -371,6 +387,13 @@ MEMORY_WINDOW_TOKENS = env_int("MEMORY_WINDOW_TOKENS", 800)
 RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 30, minimum=1)
 MAX_GENERATIONS_PER_USER = env_int("MAX_GENERATIONS_PER_USER", 3, minimum=1)
 STREAM_COALESCE_MS = env_int("STREAM_COALESCE_MS", 25)
+# Every frame a socket sends costs the server (a stop looks its answer up in the DB): a token
+# bucket per socket, WS_FRAMES_PER_SECOND refilling up to WS_FRAME_BURST; a socket that empties it
+# is closed (1008). And one user may hold at most WS_MAX_SOCKETS_PER_USER open sockets (all
+# processes together when REDIS_URL is set): a browser has one per tab.
+WS_FRAMES_PER_SECOND = env_float("WS_FRAMES_PER_SECOND", 10.0, minimum=0.1)
+WS_FRAME_BURST = env_int("WS_FRAME_BURST", 40, minimum=1)
+WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 10, minimum=1)
 
 # --- Serving (manage.py serve: uvicorn) -----------------------------------------------------------
 # One process uses one core. Several processes share rate limits, breakers and limits only through

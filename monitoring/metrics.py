@@ -42,6 +42,11 @@ ACTIVE_GENERATIONS = Gauge(
 QUEUE_DEPTH = Gauge(
     "docchat_generation_queue_depth", "Answers waiting for a generation slot", multiprocess_mode="livesum"
 )
+UNSAVED_ANSWERS = Gauge(
+    "docchat_unsaved_answers",
+    "Finished answers whose final write failed, being retried in the background",
+    multiprocess_mode="livesum",
+)
 LOOP_LAG = Gauge(
     "docchat_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer (last sample)", multiprocess_mode="max"
 )
@@ -148,3 +153,11 @@ def tokens_streamed() -> int:
 
 def websocket_connections() -> int:
     return int(value(ACTIVE_CONNECTIONS))
+
+
+def answer_unsaved() -> None:
+    UNSAVED_ANSWERS.inc()
+
+
+def answer_saved_late() -> None:
+    UNSAVED_ANSWERS.dec()

@@ -1,6 +1,7 @@
 """Bad frames get an error frame with a code, and the same connection keeps working."""
 
 import json
+import logging
 import uuid
 
 import pytest
@@ -34,12 +35,24 @@ BAD_FRAMES = [
         "invalid_field",
     ),
     (json.dumps({"type": "stop"}), "missing_field"),
+    # Hostile frames: the parser's recursion limit, characters the database cannot store, ids
+    # beyond its bigint; each is a clear error, not an internal_error with a logged traceback.
+    ("[" * 16000, "invalid_json"),
+    ('{"a":' * 2500 + "1" + "}" * 2500, "invalid_json"),
+    (json.dumps({"type": "ask", "text": "zebras\u0000?", "client_id": str(uuid.uuid4())}), "invalid_text"),
+    ('{"type": "ask", "text": "zebras \\ud800?", "client_id": "' + str(uuid.uuid4()) + '"}', "invalid_text"),
+    (
+        json.dumps({"type": "ask", "text": "hi", "conversation_id": 2**70, "client_id": str(uuid.uuid4())}),
+        "invalid_field",
+    ),
+    (json.dumps({"type": "stop", "answer_id": 2**63}), "missing_field"),
+    (json.dumps({"type": "stop", "answer_id": -1}), "missing_field"),
     (json.dumps({"type": "stop", "answer_id": 999999}), "not_found"),
 ]
 
 
 @pytest.mark.parametrize("raw, code", BAD_FRAMES)
-async def test_it_answers_a_bad_frame_with_an_error_and_keeps_the_connection(people, chat_client, raw, code):
+async def test_it_answers_a_bad_frame_with_an_error_and_keeps_the_connection(people, chat_client, raw, code, caplog):
     async with chat_client(people["alice"]) as client:
         await client.send(raw)
         error = await client.receive()
@@ -52,6 +65,7 @@ async def test_it_answers_a_bad_frame_with_an_error_and_keeps_the_connection(peo
         assert error["message"] and "Traceback" not in error["message"]
         finish, _ = await client.answer("Where do zebras migrate?")
         assert finish["status"] == "complete"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a bad frame is not a server error"
 
 
 async def test_it_refuses_a_question_over_the_length_limit(people, chat_client):
@@ -83,5 +97,5 @@ def _client_id(raw: str) -> dict:
         cid = frame.get("client_id") if isinstance(frame, dict) else None
         uuid.UUID(str(cid))
         return {"client_id": cid}
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return {}

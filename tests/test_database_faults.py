@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow, pytest.mark.django_db(trans
 
 async def start_server(fake_groq, name: str, **env) -> LiveServer:
     return await asyncio.to_thread(
-        LiveServer(fake_groq, DB_APPLICATION_NAME=name, MAX_GENERATIONS_PER_USER=100, **env).start
+        LiveServer(
+            fake_groq, DB_APPLICATION_NAME=name, MAX_GENERATIONS_PER_USER=100, WS_MAX_SOCKETS_PER_USER=100, **env
+        ).start
     )
 
 
@@ -100,3 +102,37 @@ async def test_it_neither_deadlocks_nor_hangs_with_a_pool_of_two_and_ten_chats(p
     assert sum(f.get("status") == "complete" for f in finishes) >= 8, finishes
     assert connections <= 2
     assert elapsed < 60
+
+
+REFUSE_FINAL_WRITES = """
+CREATE FUNCTION refuse_final_writes() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION 'final writes refused (test fault)'; END $$ LANGUAGE plpgsql;
+CREATE TRIGGER refuse_final_writes BEFORE UPDATE ON chat_message
+FOR EACH ROW WHEN (NEW.status <> 'pending') EXECUTE FUNCTION refuse_final_writes();
+"""
+ALLOW_FINAL_WRITES = "DROP TRIGGER refuse_final_writes ON chat_message; DROP FUNCTION refuse_final_writes();"
+
+
+def run_sql(statements: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(statements)
+
+
+async def test_it_sends_the_finish_and_keeps_the_answer_when_its_final_writes_fail(people, chat_client):
+    await database_sync_to_async(run_sql)(REFUSE_FINAL_WRITES)
+    try:
+        async with chat_client(people["alice"]) as client:
+            finish, frames = await client.answer("[[fake tokens=15]] Where do zebras migrate?")
+        streamed = "".join(f["text"] for f in frames if f["type"] == "delta")
+        assert finish["type"] == "finish" and finish["status"] == "complete" and finish["text"] == streamed
+        stored = await database_sync_to_async(Message.objects.get)(pk=finish["answer_id"])
+        assert stored.status == "pending"  # both writes were refused...
+    finally:
+        await database_sync_to_async(run_sql)(ALLOW_FINAL_WRITES)
+
+    # ...and the answer, kept in memory, is written once the database takes writes again.
+    async with asyncio.timeout(20):
+        while stored.status == "pending":
+            await asyncio.sleep(0.2)  # polling the row the background retry writes
+            stored = await database_sync_to_async(Message.objects.get)(pk=finish["answer_id"])
+    assert stored.status == "complete" and stored.text == streamed

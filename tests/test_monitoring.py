@@ -41,7 +41,7 @@ async def test_it_reports_the_connections_held_from_the_pool(staff):
 
 
 async def test_it_shows_an_open_breaker_everywhere_and_resets_it(people, staff, chat_client, fake_groq, settings):
-    settings.BREAKER_LLM_THRESHOLD = 2
+    settings.BREAKER_LLM_MIN_CALLS = 2
     settings.BREAKER_LLM_TTL = 600
     fake_groq.configure(mode="error")
     async with chat_client(people["alice"]) as chat:
@@ -96,6 +96,7 @@ async def test_it_refuses_metrics_to_a_remote_anonymous_scraper(db):
 
 async def test_it_counts_active_streams_during_concurrent_chats(people, staff, chat_client, settings):
     settings.MAX_GENERATIONS_PER_USER = 100  # one user, ten tabs
+    settings.WS_MAX_SOCKETS_PER_USER = 100
     client = await staff_client(staff)
     peaks = []
 

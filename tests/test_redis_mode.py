@@ -25,7 +25,7 @@ def redis_mode(settings, redis_server):
 async def test_it_shares_breaker_state_between_processes_through_redis(
     redis_mode, settings, people, chat_client, fake_groq
 ):
-    settings.BREAKER_LLM_THRESHOLD = 2
+    settings.BREAKER_LLM_MIN_CALLS = 2
     settings.BREAKER_LLM_TTL = 600
     fake_groq.configure(mode="error")
     async with chat_client(people["alice"]) as client:

@@ -8,14 +8,14 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import connection
 
-from chat.breakers import breakers
+from chat.breakers import CircuitOpen, breakers
 from chat.models import Message
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
 async def test_it_opens_the_llm_breaker_after_repeated_failures_and_degrades(people, chat_client, fake_groq, settings):
-    settings.BREAKER_LLM_THRESHOLD = 5
+    settings.BREAKER_LLM_MIN_CALLS = 5
     settings.BREAKER_LLM_TTL = 1.0
     fake_groq.configure(mode="error", status=500)
     async with chat_client(people["alice"]) as client:
@@ -45,7 +45,7 @@ async def test_it_opens_the_llm_breaker_after_repeated_failures_and_degrades(peo
 
 
 async def test_it_resets_an_open_breaker_by_hand(people, chat_client, fake_groq, settings):
-    settings.BREAKER_LLM_THRESHOLD = 2
+    settings.BREAKER_LLM_MIN_CALLS = 2
     settings.BREAKER_LLM_TTL = 600
     fake_groq.configure(mode="error")
     async with chat_client(people["alice"]) as client:
@@ -58,7 +58,7 @@ async def test_it_resets_an_open_breaker_by_hand(people, chat_client, fake_groq,
 
 
 async def test_it_does_not_count_a_stopped_answer_as_an_llm_failure(people, chat_client, settings):
-    settings.BREAKER_LLM_THRESHOLD = 1
+    settings.BREAKER_LLM_MIN_CALLS = 1
     async with chat_client(people["alice"]) as client:
         await client.ask("[[fake tokens=300 delay=0.02]] Where do zebras migrate?")
         ack = await client.receive()
@@ -113,6 +113,7 @@ async def test_it_persists_every_question_with_a_final_status_under_load_and_fai
     people, chat_client, fake_groq, settings
 ):
     settings.MAX_GENERATIONS_PER_USER = 100  # one user, 50 tabs
+    settings.WS_MAX_SOCKETS_PER_USER = 100
 
     async def chat(i):
         async with chat_client(people["alice"]) as client:
@@ -128,3 +129,97 @@ async def test_it_persists_every_question_with_a_final_status_under_load_and_fai
     assert set(statuses) <= {"complete", "degraded"}
     assert statuses.count("degraded") >= 10 - 1  # the failing 20 %, whatever the breaker did
     assert sorted(f["status"] for f in finishes) == sorted(statuses)
+
+
+async def test_it_does_not_open_the_llm_breaker_for_questions_the_model_rejects(people, chat_client, settings):
+    # A Groq HTTP 400 (e.g. one user's question too long for the model) is that request's error.
+    settings.BREAKER_LLM_MIN_CALLS = 2
+    async with chat_client(people["alice"]) as client:
+        for _ in range(5):
+            finish, frames = await client.answer("[[fake mode=error status=400]] Where do zebras migrate?")
+            assert finish["status"] == "degraded" and finish["error_code"] == "llm_request_rejected"
+            error = next(f for f in frames if f["type"] == "error")
+            assert "shorter or simpler" in error["message"]
+        state = {b["name"]: b for b in await breakers().describe()}["llm"]
+        assert state["state"] == "closed" and state["failures"] == 0
+
+        finish, _ = await client.answer("Where do zebras migrate?")  # bob, charlie, everyone: unaffected
+    assert finish["status"] == "complete"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_it_counts_rate_limits_and_server_errors_against_the_breaker(people, chat_client, settings, status):
+    settings.BREAKER_LLM_MIN_CALLS = 2
+    async with chat_client(people["alice"]) as client:
+        for _ in range(2):
+            finish, _ = await client.answer(f"[[fake mode=error status={status}]] Where do zebras migrate?")
+            assert finish["error_code"] == "llm_unavailable"
+        finish, _ = await client.answer("Where do zebras migrate?")
+    assert finish["error_code"] == "llm_circuit_open"
+
+
+async def test_it_keeps_the_llm_breaker_closed_when_one_call_in_five_fails(people, chat_client, fake_groq, settings):
+    settings.BREAKER_LLM_MIN_CALLS = 5
+    settings.BREAKER_LLM_FAILURE_RATE = 0.5
+    async with chat_client(people["alice"]) as client:
+        statuses = []
+        for i in range(20):
+            mode = "error" if i % 5 == 4 else "ok"  # four failures in a row of five would have opened it
+            finish, _ = await client.answer(f"[[fake mode={mode}]] Where do zebras migrate? {i}")
+            statuses.append(finish["status"])
+    assert statuses.count("degraded") == 4 and statuses.count("complete") == 16
+    assert fake_groq.fake.stats.requests == 20  # every healthy question reached the LLM
+    state = {b["name"]: b for b in await breakers().describe()}["llm"]
+    assert state["state"] == "closed" and (state["calls"], state["failures"]) == (20, 4)
+
+
+async def test_it_counts_a_streaming_answer_as_a_success_at_its_first_token(people, chat_client, settings):
+    # Three slow, healthy answers are streaming when three fast failures arrive: 3 of 6 calls failed
+    # (50 %, under the 60 % that opens it). Counted only when the slow ones end, the failures would
+    # have been 3 of 3 and opened the breaker for everyone.
+    settings.BREAKER_LLM_MIN_CALLS = 3
+    settings.BREAKER_LLM_FAILURE_RATE = 0.6
+    settings.MAX_GENERATIONS_PER_USER = 10
+    slow = [chat_client(people["alice"]) for _ in range(3)]
+    for client in slow:
+        await client.__aenter__()
+    try:
+        for client in slow:
+            await client.ask("[[fake tokens=60 delay=0.05]] Where do zebras migrate?")
+        for client in slow:
+            await client.until("delta")
+        async with chat_client(people["alice"]) as failing:
+            for _ in range(3):
+                finish, _ = await failing.answer("[[fake mode=error]] Where do zebras migrate?")
+                assert finish["error_code"] == "llm_unavailable"
+            state = {b["name"]: b for b in await breakers().describe()}["llm"]
+            assert state["state"] == "closed" and (state["calls"], state["failures"]) == (6, 3)
+            finish, _ = await failing.answer("Where do zebras migrate?")
+            assert finish["status"] == "complete"
+        for client in slow:
+            finish, _ = await client.until("finish")
+            assert finish["status"] == "complete"
+    finally:
+        for client in slow:
+            await client.__aexit__(None, None, None)
+
+
+async def test_it_forgets_failures_older_than_its_window_and_opens_on_recent_ones(db, settings):
+    settings.BREAKER_RETRIEVAL_MIN_CALLS = 2
+    settings.BREAKER_RETRIEVAL_WINDOW = 1.0
+
+    async def failing_search() -> None:
+        with pytest.raises(TimeoutError):
+            async with breakers().guard("retrieval"):
+                raise TimeoutError("the search timed out")
+
+    await failing_search()
+    await asyncio.sleep(1.1)  # let the first failure age out of the 1 s window
+    await failing_search()
+    state = {b["name"]: b for b in await breakers().describe()}["retrieval"]
+    assert state["state"] == "closed" and (state["calls"], state["failures"]) == (1, 1)
+
+    await failing_search()  # 2 of 2 recent calls failed
+    with pytest.raises(CircuitOpen):
+        async with breakers().guard("retrieval"):
+            pass

@@ -54,7 +54,13 @@ async def test_it_accepts_200_clients_connecting_and_asking_at_the_same_moment(p
     fake_groq.configure(tokens=10, delay=0.01)
     name = "docchat-storm"
     server = await asyncio.to_thread(
-        LiveServer(fake_groq, DB_APPLICATION_NAME=name, DB_POOL_MAX=POOL_MAX, MAX_GENERATIONS_PER_USER=STORM).start
+        LiveServer(
+            fake_groq,
+            DB_APPLICATION_NAME=name,
+            DB_POOL_MAX=POOL_MAX,
+            MAX_GENERATIONS_PER_USER=STORM,
+            WS_MAX_SOCKETS_PER_USER=STORM,
+        ).start
     )
     cookie = (await database_sync_to_async(session_cookie)(people["alice"])).decode()
     peak = 0
@@ -87,7 +93,7 @@ async def test_two_server_processes_share_breakers_rate_limits_and_answer_limits
         "REDIS_URL": redis_server["url"],
         "RATE_LIMIT_PER_MINUTE": 4,
         "MAX_GENERATIONS_PER_USER": 2,
-        "BREAKER_LLM_THRESHOLD": 2,
+        "BREAKER_LLM_MIN_CALLS": 2,
         "BREAKER_LLM_TTL": 600,
         "WEB_CONCURRENCY": 2,
     }

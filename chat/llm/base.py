@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -38,6 +38,16 @@ class LLMUnavailable(LLMError):
 
     code = "llm_unavailable"
     user_message = "The language model is unavailable right now."
+
+
+class LLMRequestRejected(LLMError):
+    """The provider refused this request for what it holds (HTTP 4xx other than 429, or a prompt
+    longer than the model's context): the asker's error, so it does not count against the LLM
+    breaker that every user's answers depend on."""
+
+    code = "llm_request_rejected"
+    user_message = "The language model could not take this question; try a shorter or simpler one."
+    blames_dependency = False
 
 
 class LLMStreamCut(LLMError):
@@ -76,9 +86,36 @@ class LLMProvider(ABC):
     def first_token_timeout(self) -> float:
         return settings.LLM_FIRST_TOKEN_TIMEOUT
 
+    @property
+    @abstractmethod
+    def context_tokens(self) -> int:
+        """The model's context window: prompt and answer together."""
+
+    @property
+    def answer_tokens(self) -> int:
+        """The most tokens an answer may take (kept free in the context)."""
+        return settings.LLM_MAX_TOKENS
+
+    async def prompt_counter(self) -> PromptCounter:
+        """Counts a prompt's tokens, never fewer than the model will. A remote API's tokenizer is not
+        shipped with us, so by default: UTF-8 bytes, which bound any byte-level BPE tokenizer's
+        count (each token stands for at least one byte), plus the chat template's tokens."""
+        return count_bytes
+
     @abstractmethod
     def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         """Yield text deltas of the answer; fill ``generation`` with usage when known."""
+
+
+PromptCounter = Callable[[list[ChatMessage]], int]
+TEMPLATE_TOKENS_PER_MESSAGE = 8  # role header and end-of-turn markers of a chat template
+TEMPLATE_TOKENS_PER_PROMPT = 8  # begin-of-text and the assistant header that opens the answer
+
+
+def count_bytes(messages: list[ChatMessage]) -> int:
+    """An upper bound of the tokens of ``messages`` for any byte-level BPE model."""
+    content = sum(len(m["content"].encode(errors="surrogatepass")) for m in messages)
+    return content + TEMPLATE_TOKENS_PER_MESSAGE * len(messages) + TEMPLATE_TOKENS_PER_PROMPT
 
 
 @dataclass(frozen=True)

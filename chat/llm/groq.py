@@ -16,7 +16,16 @@ from django.conf import settings
 
 from common.aio import per_loop
 
-from .base import ChatMessage, Generation, LLMError, LLMProvider, LLMStreamCut, LLMTimeout, LLMUnavailable
+from .base import (
+    ChatMessage,
+    Generation,
+    LLMError,
+    LLMProvider,
+    LLMRequestRejected,
+    LLMStreamCut,
+    LLMTimeout,
+    LLMUnavailable,
+)
 
 
 def _make_client() -> groq.AsyncGroq:
@@ -72,6 +81,10 @@ class GroqProvider(LLMProvider):
     def __init__(self, model: str) -> None:
         self.model = model
 
+    @property
+    def context_tokens(self) -> int:
+        return settings.GROQ_CONTEXT_TOKENS
+
     async def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         try:
             async with get_client().chat.completions.with_streaming_response.create(
@@ -92,11 +105,20 @@ class GroqProvider(LLMProvider):
         except groq.RateLimitError as exc:
             raise LLMUnavailable("the Groq API is rate limiting us") from exc
         except groq.APIStatusError as exc:
-            raise LLMUnavailable(f"the Groq API answered HTTP {exc.status_code}") from exc
+            raise status_error(exc.status_code) from exc
         except httpx.TransportError as exc:  # after the response began: the stream broke off
             raise LLMStreamCut(f"the Groq stream was cut ({type(exc).__name__})") from exc
         if generation.finish_reason is None:
             raise LLMStreamCut("the Groq stream ended without finishing")
+
+
+def status_error(status: int) -> LLMError:
+    """An HTTP error status as our error: 408, 429 and 5xx are the API's trouble; any other 4xx
+    (a context-length error, a bad parameter) is this request's."""
+    detail = f"the Groq API answered HTTP {status}"
+    if 400 <= status < 500 and status not in (408, 429):
+        return LLMRequestRejected(detail)
+    return LLMUnavailable(detail)
 
 
 def parse_event(line: str, generation: Generation) -> str:

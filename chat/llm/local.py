@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .base import ChatMessage, Generation, LLMProvider, LLMUnavailable
+from .base import ChatMessage, Generation, LLMError, LLMProvider, LLMRequestRejected, LLMUnavailable, PromptCounter
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _lock = threading.Lock()
@@ -72,6 +72,22 @@ class LocalProvider(LLMProvider):
     def first_token_timeout(self) -> float:
         return max(settings.LLM_FIRST_TOKEN_TIMEOUT, settings.LLM_LOCAL_FIRST_TOKEN_TIMEOUT)
 
+    @property
+    def context_tokens(self) -> int:
+        return settings.LLM_LOCAL_CONTEXT
+
+    @property
+    def answer_tokens(self) -> int:
+        return min(settings.LLM_MAX_TOKENS, settings.LLM_LOCAL_MAX_TOKENS)
+
+    async def prompt_counter(self) -> PromptCounter:
+        """The model's own count: its chat template applied, then its tokenizer (loaded once,
+        vocabulary only, off the event loop)."""
+        counter = _counter
+        if counter is None:
+            counter = await asyncio.to_thread(_load_counter)
+        return counter
+
     async def stream(self, messages: list[ChatMessage], generation: Generation) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()  # text deltas, then an exception or _DONE
@@ -85,7 +101,7 @@ class LocalProvider(LLMProvider):
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
-                    raise LLMUnavailable(f"the local model failed: {item}") from item
+                    raise _as_llm_error(item) from item
                 if not isinstance(item, str):  # _DONE
                     break
                 yield item
@@ -125,6 +141,38 @@ def _generate(messages: list[ChatMessage], generation: Generation, stop: threadi
         put(exc)
     finally:
         put(_DONE)
+
+
+def _as_llm_error(exc: BaseException) -> LLMError:
+    if isinstance(exc, ValueError) and "exceed context window" in str(exc):
+        return LLMRequestRejected(f"the local model's context is too small for this prompt: {exc}")
+    return LLMUnavailable(f"the local model failed: {exc}")
+
+
+_counter: PromptCounter | None = None
+
+
+def _load_counter() -> PromptCounter:
+    global _counter
+    with _lock:
+        if _counter is None:
+            from llama_cpp import Llama
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            vocab = Llama(model_path=str(gguf_path()), vocab_only=True, verbose=False)
+            atexit.register(vocab.close)  # as for the model: before llama.cpp's finaliser would fail
+            formatter = Jinja2ChatFormatter(
+                template=vocab.metadata["tokenizer.chat_template"],
+                eos_token=vocab._model.token_get_text(vocab.token_eos()),
+                bos_token=vocab._model.token_get_text(vocab.token_bos()),
+            )
+
+            def count(messages: list[ChatMessage]) -> int:
+                prompt = formatter(messages=messages).prompt  # type: ignore[arg-type]
+                return len(vocab.tokenize(prompt.encode(), add_bos=True, special=True))
+
+            _counter = count
+    return _counter
 
 
 class LoopDetector:

@@ -147,7 +147,10 @@
     let opened = false;
     ws.addEventListener("open", () => { opened = true; });
     ws.onclose = async (ev) => {
-      if (!opened && await loggedOut()) { location.href = "/login/?next=/"; return; }
+      // 4401: this session signed out (here or in another tab) or its password changed.
+      if (ev.code === 4401 || (!opened && await loggedOut())) { location.href = "/login/?next=/"; return; }
+      // 1008: too many frames, or too many open tabs; the error frame said which. Retry slowly.
+      if (ev.code === 1008) state.backoff = Math.max(state.backoff, 10000);
       badge.textContent = "reconnecting…"; badge.className = "badge warn";
       state.active.clear(); updateStop();
       setTimeout(connect, state.backoff);

@@ -49,7 +49,7 @@
       const row = document.querySelector(`#breakers tr[data-name="${b.name}"]`); if (!row) continue;
       const cells = row.children;
       cells[1].textContent = b.state; cells[1].className = "state " + b.state;
-      cells[2].textContent = b.failures + "/" + b.threshold; cells[3].textContent = b.retry_in ?? ""; cells[4].textContent = b.last_error;
+      cells[2].textContent = b.failures + "/" + b.calls; cells[2].title = b.rule; cells[3].textContent = b.retry_in ?? ""; cells[4].textContent = b.last_error;
     }
     const alerts = document.getElementById("alerts"); alerts.innerHTML = "";
     for (const a of s.alerts) {

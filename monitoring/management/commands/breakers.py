@@ -21,5 +21,5 @@ class Command(BaseCommand):
             retry = f", retry in {b['retry_in']} s" if b["retry_in"] else ""
             error = f", last error: {b['last_error']}" if b["last_error"] else ""
             self.stdout.write(
-                f"{b['name']:<10} {b['state']:<12} failures {b['failures']}/{b['threshold']}{retry}{error}"
+                f"{b['name']:<10} {b['state']:<12} failed {b['failures']}/{b['calls']} ({b['rule']}){retry}{error}"
             )

@@ -43,7 +43,8 @@ def render(s: dict) -> str:
     ]
     lines += [f"latency     {name:<12} p50 {v['p50']} s  p95 {v['p95']} s  (n={v['count']})" for name, v in lat.items()]
     lines += [
-        f"breaker     {b['name']:<10} {b['state']:<12} failures {b['failures']}/{b['threshold']}" for b in s["breakers"]
+        f"breaker     {b['name']:<10} {b['state']:<12} failed {b['failures']}/{b['calls']} ({b['rule']})"
+        for b in s["breakers"]
     ]
     lines += [f"ALERT       {a['message']}" for a in s["alerts"]] or ["alerts      none"]
     return "\n".join(lines) + "\n"
