@@ -16,6 +16,7 @@ from django.core.files.base import ContentFile, File
 from django.db import connection, transaction
 
 from .extract import ExtractionError, mime_for
+from .files import delete_on_commit
 from .ingest import Progress, do_process_documents
 from .models import Collection, Document
 from .tasks import INGEST_CHANNEL, ingest_document
@@ -60,8 +61,10 @@ def do_add_document(
 
 
 def do_replace_file(document: Document, name: str, content: File, *, enqueue: bool = True) -> None:
-    """The document's content changed: store the new file and process it again."""
+    """The document's content changed: store the new file (the old one is deleted once this commits)
+    and process it again."""
     with transaction.atomic():
+        delete_on_commit(document.file)
         document.sha256, document.size_bytes = file_sha256(content), content.size
         document.file.save(Path(name).name, content, save=True)
         do_requeue(document, enqueue=enqueue)
