@@ -317,6 +317,11 @@ INGEST_ENGINE_THREADS = env_int("INGEST_ENGINE_THREADS", os.cpu_count() or 1, mi
 INGEST_ENCODE_CHUNKS = env_int("INGEST_ENCODE_CHUNKS", 128, minimum=1)
 INGEST_POLL_INTERVAL = env_float("INGEST_POLL_INTERVAL", 5.0, minimum=0.05)
 INGEST_WORKER_NICE = env_int("INGEST_WORKER_NICE", 10, minimum=0)
+# Each file is parsed and chunked in a child process (documents/sandbox.py) with at most
+# EXTRACT_TIMEOUT_SECONDS of CPU time (3x that of wall time) and EXTRACT_MEMORY_MB of memory on top
+# of what the idle child uses; a file that needs more fails with the limit it broke.
+EXTRACT_TIMEOUT_SECONDS = env_float("EXTRACT_TIMEOUT_SECONDS", 300.0, minimum=1.0)
+EXTRACT_MEMORY_MB = env_int("EXTRACT_MEMORY_MB", 1024, minimum=64)
 
 # --- LLM --------------------------------------------------------------------------------------
 GROQ_API_KEY = env_str("GROQ_API_KEY", "") or ""

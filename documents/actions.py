@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.db import connection, transaction
 
 from .extract import ExtractionError, mime_for
+from .files import delete_on_commit
 from .ingest import Progress, do_process_documents
 from .models import Collection, Document
 from .tasks import INGEST_CHANNEL, ingest_document
@@ -28,11 +29,15 @@ class AddResult:
 
 
 def do_add_document(
-    collection: Collection, name: str, data: bytes, *, source_path: str = "", enqueue: bool = True
+    collection: Collection, name: str, content: File | bytes, *, source_path: str = "", enqueue: bool = True
 ) -> AddResult:
     """Register a file in ``collection`` (stored, ``pending``) and, if ``enqueue``, queue its
-    processing. Identical content is not registered twice; a failed copy of it is retried."""
-    digest = hashlib.sha256(data).hexdigest()
+    processing. Identical content is not registered twice; a failed copy of it is retried.
+
+    ``content`` (an upload, an open file, or bytes) is hashed and stored in chunks, never held whole
+    in memory."""
+    content = ContentFile(content) if isinstance(content, bytes) else content
+    digest = file_sha256(content)
     existing = Document.objects.filter(collection=collection, sha256=digest).first()
     if existing is not None:
         if existing.status == Document.Status.FAILED and existing.file:
@@ -40,27 +45,44 @@ def do_add_document(
         return AddResult(existing, created=False)
     previous = Document.objects.filter(collection=collection, source_path=source_path).first() if source_path else None
     if previous is not None:
-        do_replace_file(previous, name, data, enqueue=enqueue)
+        do_replace_file(previous, name, content, enqueue=enqueue)
         return AddResult(previous, created=True)
     with transaction.atomic():
         document = Document.objects.create(
-            collection=collection, title=name[:300], source_path=source_path, sha256=digest, size_bytes=len(data)
+            collection=collection, title=name[:300], source_path=source_path, sha256=digest, size_bytes=content.size
         )
-        if len(data) > settings.MAX_UPLOAD_BYTES:
-            document.mark_failed(f"the file is larger than the {settings.MAX_UPLOAD_BYTES // 1024**2} MB limit")
+        if reason := upload_too_large(content.size):
+            document.mark_failed(reason)
             return AddResult(document, created=True)
-        document.file.save(Path(name).name or "upload", ContentFile(data), save=True)
+        document.file.save(Path(name).name or "upload", content, save=True)
         if enqueue:
             enqueue_processing(document)
     return AddResult(document, created=True)
 
 
-def do_replace_file(document: Document, name: str, data: bytes, *, enqueue: bool = True) -> None:
-    """The document's content changed: store the new file and process it again."""
+def do_replace_file(document: Document, name: str, content: File, *, enqueue: bool = True) -> None:
+    """The document's content changed: store the new file (the old one is deleted once this commits)
+    and process it again."""
     with transaction.atomic():
-        document.sha256, document.size_bytes = hashlib.sha256(data).hexdigest(), len(data)
-        document.file.save(Path(name).name, ContentFile(data), save=True)
+        delete_on_commit(document.file)
+        document.sha256, document.size_bytes = file_sha256(content), content.size
+        document.file.save(Path(name).name, content, save=True)
         do_requeue(document, enqueue=enqueue)
+
+
+def upload_too_large(size: int) -> str:
+    """Why a file of ``size`` bytes is refused, or "" when it is within MAX_UPLOAD_BYTES."""
+    if size <= settings.MAX_UPLOAD_BYTES:
+        return ""
+    return f"the file is larger than the {settings.MAX_UPLOAD_BYTES / 1024**2:g} MB limit"
+
+
+def file_sha256(content: File) -> str:
+    """SHA-256 of ``content``, read chunk by chunk (an upload may be tens of megabytes)."""
+    digest = hashlib.sha256()
+    for chunk in content.chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def do_refresh_from_source(document: Document, *, enqueue: bool = True) -> bool:
@@ -69,10 +91,11 @@ def do_refresh_from_source(document: Document, *, enqueue: bool = True) -> bool:
     source = Path(document.source_path) if document.source_path else None
     if source is None or not source.is_file():
         return False
-    data = source.read_bytes()
-    if hashlib.sha256(data).hexdigest() == document.sha256:
-        return False
-    do_replace_file(document, source.name, data, enqueue=enqueue)
+    with source.open("rb") as handle:
+        content = File(handle, name=source.name)
+        if file_sha256(content) == document.sha256:
+            return False
+        do_replace_file(document, source.name, content, enqueue=enqueue)
     return True
 
 
@@ -103,14 +126,17 @@ def do_ingest_file(path: Path, collection: Collection, progress: Progress | None
 def do_ingest_files(paths: list[Path], collection: Collection, progress: Progress | None = None) -> list[AddResult]:
     """Register ``paths`` and process them now, as one stream (``ingest.do_process_documents``);
     one result per path, in order."""
-    results = [
-        do_add_document(collection, path.name, path.read_bytes(), source_path=str(path.resolve()), enqueue=False)
-        for path in paths
-    ]
+    results = [do_add_file(path, collection, enqueue=False) for path in paths]
     do_process_documents([r.document.pk for r in results if r.document.is_active], progress)
     for result in results:
         result.document.refresh_from_db()
     return results
+
+
+def do_add_file(path: Path, collection: Collection, *, enqueue: bool = True) -> AddResult:
+    """``do_add_document`` for a file on disk, streamed from it; its path is kept to refresh it from."""
+    with path.open("rb") as handle:
+        return do_add_document(collection, path.name, File(handle), source_path=str(path.resolve()), enqueue=enqueue)
 
 
 def find_files(paths: list[Path]) -> list[Path]:

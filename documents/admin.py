@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Sum
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -58,6 +59,10 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def upload_view(self, request):
         """Upload one or many files into a collection; each is queued for ingestion."""
+        # admin_view() only checks is_staff: a view-only operator must not plant content in a
+        # collection (a public one is quoted in every user's answers).
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         form = UploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             added = [self._add(form.cleaned_data["collection"], upload) for upload in form.cleaned_data["files"]]
@@ -75,7 +80,7 @@ class DocumentAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/documents/document/upload.html", context)
 
     def _add(self, collection: Collection, upload) -> bool:
-        return do_add_document(collection, upload.name, upload.read()).created
+        return do_add_document(collection, upload.name, upload).created
 
     @admin.display(description="progress")
     def progress_bar(self, document: Document) -> str:
@@ -94,14 +99,14 @@ class DocumentAdmin(admin.ModelAdmin):
             else f"{document.size_bytes / 1024**2:.1f} MB"
         )
 
-    @admin.action(description="Retry failed documents")
+    @admin.action(description="Retry failed documents", permissions=["change"])
     def retry_failed(self, request, queryset):
         failed = [d for d in queryset.filter(status=Document.Status.FAILED) if d.file]
         for document in failed:
             do_requeue(document)
         self.message_user(request, f"{len(failed)} document(s) queued again.")
 
-    @admin.action(description="Reindex (extract, chunk and embed again)")
+    @admin.action(description="Reindex (extract, chunk and embed again)", permissions=["change"])
     def reindex(self, request, queryset):
         documents = [d for d in queryset if d.file and not d.is_active]
         for document in documents:
@@ -115,7 +120,7 @@ class DocumentAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         totals = Document.objects.aggregate(chunks=Sum("chunks_done"))
         extra = {
-            "upload_url": reverse("admin:documents_document_upload"),
+            "upload_url": reverse("admin:documents_document_upload") if self.has_add_permission(request) else "",
             "total_chunks": totals["chunks"] or 0,
         }
         return super().changelist_view(request, extra_context={**(extra_context or {}), **extra})

@@ -6,6 +6,11 @@ stream: a thread extracts and chunks the next document while the engine embeds t
 and chunks of different documents share engine calls (a one-page document does not get a call of
 its own). Chunks of a document are replaced in one transaction, so a crash never leaves half a
 document searchable and a re-run after a crash never duplicates chunks.
+
+Parsing runs in a child process within time and memory limits (``sandbox.py``); each document is
+claimed for the pipeline while it works on it (``claims.py``), and its heartbeat (``updated_at``)
+is written while it waits on extraction or on the engine, so a long document is not taken for
+abandoned.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,9 +33,11 @@ from django.db.models import TextField, Value
 from django.utils import timezone
 
 from . import embedding
-from .chunking import ChunkDraft, chunk_sections
-from .extract import ExtractionError, extract_sections, mime_for, title_for
+from .chunking import ChunkDraft
+from .claims import Claims
+from .extract import ExtractionError, mime_for
 from .models import Chunk, Document
+from .sandbox import Extracted, extract_in_child
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[Document, int, int], None]  # (document, chunks embedded, chunks in it)
@@ -83,11 +90,15 @@ def do_process_documents(
     bytes, the encoding thread only runs the engine (while the calling thread stores what the
     previous call finished)."""
     stats = StageSeconds()
-    with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-extract") as extractor,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-encode") as encoder,
-    ):
-        _Pipeline(document_ids, extractor, encoder, stats, progress, more).run()
+    claims = Claims()
+    try:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-extract") as extractor,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-encode") as encoder,
+        ):
+            _Pipeline(document_ids, extractor, encoder, claims, stats, progress, more).run()
+    finally:
+        claims.close()
     return stats
 
 
@@ -97,6 +108,7 @@ class _Pipeline:
         document_ids: list[int],
         extractor: Executor,
         encoder: Executor,
+        claims: Claims,
         stats: StageSeconds,
         progress: Progress | None,
         more: Callable[[int], list[int]] | None,
@@ -107,6 +119,7 @@ class _Pipeline:
         self.waiting: list[_Prepared] = []  # extracted, not fully embedded, in arrival order
         self.embedded: list[_Prepared] = []  # touched by the last engine call: progress or store to write
         self.extractor, self.encoder, self.stats, self.progress = extractor, encoder, stats, progress
+        self.claims = claims
 
     def run(self) -> None:
         while self.todo or self.extracting or self.waiting:
@@ -115,6 +128,7 @@ class _Pipeline:
             if batch:
                 encoding = self.encoder.submit(self._encode, [embedded_text(item.drafts[i]) for item, i in batch])
                 self._write_embedded()  # the previous call's results, while the engine runs this one
+                self._wait(encoding)
                 self._receive(batch, encoding)
         self._write_embedded()
 
@@ -125,10 +139,15 @@ class _Pipeline:
         while self.todo and len(self.extracting) < PREFETCH_DOCUMENTS:
             document_id = self.todo.popleft()
             started = _guarded(document_id, partial(self._start, document_id))
-            if started is not None:
+            if started is None:
+                self.claims.release(document_id)
+            else:
                 self.extracting.append(started)
 
     def _start(self, document_id: int) -> tuple[Document, Future] | None:
+        if not self.claims.take(document_id):
+            logger.info("document %s is being processed by another worker; left to it", document_id)
+            return None
         document = Document.objects.get(pk=document_id)
         if not document.is_active:
             return None
@@ -144,12 +163,21 @@ class _Pipeline:
             document, extraction = self.extracting[0]
             if not block and not extraction.done():
                 return
+            self._wait(extraction)
             self.extracting.popleft()
             prepared = _guarded(document.pk, partial(_prepared, document, extraction))
-            if prepared is not None:
+            if prepared is None:
+                self.claims.release(document.pk)
+            else:
                 self.waiting.append(prepared)
                 block = False
             self._submit()
+
+    def _wait(self, future: Future) -> None:
+        """Until ``future`` is done, write the heartbeat of every document held here: a long
+        extraction or engine call must not make them look abandoned to another worker's recovery."""
+        while not wait([future], timeout=settings.INGEST_STALE_SECONDS / 4).done:
+            self._touch([item.document.pk for item in self.waiting] + [d.pk for d, _ in self.extracting])
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
         with self.stats.timing("embed"):
@@ -164,6 +192,7 @@ class _Pipeline:
             for item in touched:
                 self.waiting.remove(item)
                 item.document.mark_failed(f"internal error while ingesting ({type(exc).__name__})")
+                self.claims.release(item.document.pk)
             return
         for (item, _), vector in zip(batch, vectors):
             item.vectors.append(vector)
@@ -176,47 +205,46 @@ class _Pipeline:
         # Documents waiting behind others' chunks (extracted or not yet taken in) get a heartbeat
         # too: a long document ahead must not make them look abandoned to another worker's recovery.
         idle = [item.document.pk for item in self.waiting if item not in self.embedded]
-        idle += [document.pk for document, _ in self.extracting]
-        if idle:
-            Document.objects.filter(pk__in=idle).update(updated_at=timezone.now())
+        self._touch(idle + [document.pk for document, _ in self.extracting])
         for item in self.embedded:
             document = item.document
             if len(item.vectors) < len(item.drafts):
                 # Progress doubles as the heartbeat that tells a live worker this job is not orphaned.
                 Document.objects.filter(pk=document.pk).update(chunks_done=len(item.vectors), updated_at=timezone.now())
             else:
-                with self.stats.timing("store"):
-                    _guarded(document.pk, partial(_replace_chunks, document, item.drafts, item.vectors))
-                self.stats.documents, self.stats.chunks = self.stats.documents + 1, self.stats.chunks + len(item.drafts)
+                self._store(item)
             if self.progress:
                 self.progress(document, len(item.vectors), len(item.drafts))
         self.embedded = []
 
+    def _store(self, item: _Prepared) -> None:
+        document = item.document
+        with self.stats.timing("store"):
+            stored = _guarded(document.pk, partial(do_replace_chunks, document, item.drafts, item.vectors))
+        if stored is False:
+            # Its file was replaced while this ran: these chunks are of the old file. Still claimed
+            # here, it goes round again (the job of the replacement may have found it claimed).
+            self.todo.append(document.pk)
+            return
+        self.claims.release(document.pk)
+        if stored:
+            self.stats.documents, self.stats.chunks = self.stats.documents + 1, self.stats.chunks + len(item.drafts)
 
-@dataclass(frozen=True)
-class _Extracted:
-    title: str
-    pages: int | None
-    drafts: list[ChunkDraft]
-
-
-def _extract(data: bytes, mime: str, name: str, stats: StageSeconds) -> _Extracted:
-    """Sections and chunks of a file's bytes (on the extraction thread: no database here)."""
-    with stats.timing("extract"):
-        sections = extract_sections(data, mime)
-    with stats.timing("chunk"):
-        drafts = chunk_sections(
-            sections,
-            max_tokens=settings.CHUNK_TOKENS,
-            overlap_tokens=settings.CHUNK_OVERLAP_TOKENS,
-            # Chunking counts the same paragraphs and sentences several times: count each once.
-            count_tokens=lru_cache(maxsize=None)(embedding.count_tokens),
-        )
-    pages = max((s.page or 0 for s in sections), default=0) or None
-    return _Extracted(title_for(Path(name), sections), pages, drafts)
+    def _touch(self, document_ids: list[int]) -> None:
+        if document_ids:
+            Document.objects.filter(pk__in=document_ids).update(updated_at=timezone.now())
 
 
-def _prepared(document: Document, extraction: Future[_Extracted]) -> _Prepared:
+def _extract(data: bytes, mime: str, name: str, stats: StageSeconds) -> Extracted:
+    """Title, pages and chunks of a file's bytes, parsed in the sandbox (on the extraction thread: no
+    database here)."""
+    extracted = extract_in_child(data, mime, name)
+    stats.extract += extracted.extract_seconds
+    stats.chunk += extracted.chunk_seconds
+    return extracted
+
+
+def _prepared(document: Document, extraction: Future[Extracted]) -> _Prepared:
     extracted = extraction.result()
     if not extracted.drafts:
         raise ExtractionError("the file contains no text")
@@ -239,11 +267,17 @@ def _guarded(document_id: int, step: Callable[[], T]) -> T | None:
     except Document.DoesNotExist:
         return None  # deleted meanwhile
     except ExtractionError as exc:
-        Document.objects.get(pk=document_id).mark_failed(str(exc))
+        _mark_failed(document_id, str(exc))
     except Exception as exc:
         logger.exception("ingestion of document %s failed", document_id)
-        Document.objects.get(pk=document_id).mark_failed(f"internal error while ingesting ({type(exc).__name__})")
+        _mark_failed(document_id, f"internal error while ingesting ({type(exc).__name__})")
     return None
+
+
+def _mark_failed(document_id: int, reason: str) -> None:
+    document = Document.objects.filter(pk=document_id).first()
+    if document is not None:  # not deleted meanwhile
+        document.mark_failed(reason)
 
 
 def _read(document: Document) -> bytes:
@@ -274,7 +308,17 @@ def embedded_text(draft: ChunkDraft) -> str:
 
 
 @transaction.atomic
-def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[list[float]]) -> None:
+def do_replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[list[float]]) -> bool:
+    """Store ``document``'s chunks in place of its old ones, and mark it ready; False (nothing
+    stored) when its file was replaced since it was read."""
+    # The row lock makes two replacements of one document's chunks run one after the other: run
+    # together, each deletes only the chunks it sees and the second insert collides with the first
+    # on (document, ordinal), which failed the document with the good chunks hidden.
+    current = Document.objects.select_for_update().filter(pk=document.pk).values_list("sha256", flat=True).first()
+    if current is None:
+        raise Document.DoesNotExist
+    if current != document.sha256:
+        return False
     Chunk.objects.filter(document=document).delete()
     Chunk.objects.bulk_create(
         Chunk(
@@ -294,6 +338,7 @@ def _replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: list[
     document.status, document.error, document.chunks_done = Document.Status.READY, "", len(drafts)
     document.embedded_with = embedding.engine_id()
     document.save()
+    return True
 
 
 def _set_status(document: Document, status: str) -> None:

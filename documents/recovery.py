@@ -1,7 +1,8 @@
 """Orphaned ingestion jobs: a document still in progress whose worker died is queued again.
 
-django-tasks-db leaves the task of a killed worker ``RUNNING`` forever; the document's progress
-heartbeat (``updated_at``, touched per embedded batch) tells a live worker it was abandoned.
+django-tasks-db leaves the task of a killed worker ``RUNNING`` forever; the document's heartbeat
+(``updated_at``, written while a pipeline works on it) tells a live worker it was abandoned, unless
+a pipeline still holds its claim (``claims.py``): then it is slow, not abandoned.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from django_tasks.base import TaskResultStatus
 from django_tasks_db.models import DBTaskResult
 
 from .actions import do_requeue
+from .claims import is_claimed
 from .models import Document, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ def _requeue_if_orphaned(document_id: int, cutoff) -> bool:
         document = Document.objects.select_for_update(skip_locked=True).filter(pk=document_id).first()
         if document is None or not document.is_active or document.updated_at >= cutoff:
             return False
+        if is_claimed(document.pk):
+            return False  # a live pipeline works on it (a dead worker's claims went with its connection)
         task = DBTaskResult.objects.filter(pk=document.task_id).first() if document.task_id else None
         if task is not None and task.status == TaskResultStatus.READY:
             return False  # still waiting for a free worker, not orphaned

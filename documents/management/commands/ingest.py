@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from documents.actions import do_add_document, do_ingest_files, find_files
+from documents.actions import do_add_file, do_ingest_files, find_files
 from documents.models import Collection, Document
 
 
@@ -44,12 +44,7 @@ class Command(BaseCommand):
             raise CommandError("no ingestible files found")
         if not now:
             for path in files:
-                result = do_add_document(
-                    target,
-                    path.name,
-                    path.read_bytes(),
-                    source_path=str(path.resolve()),
-                )
+                result = do_add_file(path, target)
                 state = "queued" if result.created else f"unchanged ({result.document.status})"
                 self.stdout.write(f"{state:<10} {path}")
             return
