@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from common.masking import mask_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -81,25 +83,37 @@ def env_url(name: str, schemes: tuple[str, ...]) -> str | None:
     return raw
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe to log or show in an error."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+def check_secret_key(key: str) -> None:
+    """Refuse a missing, short or well-known key: it signs sessions, so whoever knows it can sign in
+    as anyone. The rule is Django's own deploy check (security.W009), made fatal."""
+    if not key:
+        problem = "is not set"
+    elif len(key) < 50 or len(set(key)) < 5:
+        problem = "is too short (at least 50 random characters)"
+    elif key.startswith(("django-insecure-", DEV_SECRET_KEY_PREFIX)):
+        problem = "is a development key"
+    else:
+        return
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY {problem}. Set it to a long random value, for example the output of "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'. Only development mode "
+        "(DJANGO_DEBUG=1 without DJANGO_PRODUCTION) runs without one."
+    )
 
 
 # --- Core -------------------------------------------------------------------------------------
 DEBUG = env_bool("DJANGO_DEBUG", False)
-SECRET_KEY = env_str("DJANGO_SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG and env_bool("DJANGO_PRODUCTION", False):
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_PRODUCTION=1")
-    # Development default: stable per checkout so sessions survive restarts, never used in
-    # production (DJANGO_PRODUCTION=1 refuses to start without a real key).
-    SECRET_KEY = "dev-only-" + str(BASE_DIR).encode().hex()[:40]
 PRODUCTION = env_bool("DJANGO_PRODUCTION", False)
+DEV_SECRET_KEY_PREFIX = "dev-only-"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or ""
+if not SECRET_KEY and DEBUG and not PRODUCTION:
+    # Development mode only: stable per checkout so sessions survive restarts. Anyone can derive it
+    # from the path, so with DEBUG off (make run, a server) or in production a real key is required.
+    SECRET_KEY = DEV_SECRET_KEY_PREFIX + str(BASE_DIR).encode().hex()[:40]
+else:
+    check_secret_key(SECRET_KEY)
+# The debug page hides the database and Redis URLs and any password in a URL (common/debug.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "common.debug.SettingsMaskingFilter"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 VAR_DIR = Path(env_str("DOCCHAT_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
