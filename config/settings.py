@@ -7,6 +7,7 @@ connection or starts a server: the embedded Postgres starts lazily on the first 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Callable
@@ -252,7 +253,11 @@ if PRODUCTION:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Probes (docker-compose's health check, a load balancer's) ask over plain HTTP inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# No SECURE_PROXY_SSL_HEADER: Django would believe X-Forwarded-Proto from anyone who reaches the
+# server. ``manage.py serve`` (uvicorn) takes the scheme and the client address from the forwarding
+# headers only when the request comes from one of FORWARDED_ALLOW_IPS (below).
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -366,7 +371,11 @@ BREAKER_RETRIEVAL_TTL = env_float("BREAKER_RETRIEVAL_TTL", 30.0, minimum=0.1)
 ALERT_POOL_USE = env_float("ALERT_POOL_USE", 0.8)  # fraction of DB_POOL_MAX in use
 ALERT_QUEUE_DEPTH = env_int("ALERT_QUEUE_DEPTH", 10)
 ALERT_LOOP_LAG_MS = env_float("ALERT_LOOP_LAG_MS", 100.0)
-METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)  # else /metrics is for staff (or a scraper on loopback)
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
+# /metrics and the details of /readyz are for staff and for a scraper sending
+# ``Authorization: Bearer <METRICS_TOKEN>``; without a token, for a scraper on loopback that came
+# through no proxy (a request carrying a forwarding header is never taken for a local one).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "") or ""
 
 # --- Chat limits ------------------------------------------------------------------------------
 MAX_CONCURRENT_GENERATIONS = env_int("MAX_CONCURRENT_GENERATIONS", 256, minimum=1)
@@ -405,6 +414,20 @@ LISTEN_BACKLOG = env_int("LISTEN_BACKLOG", 2048, minimum=64)
 # The transport closes a connection (1009) on a message above this; frames between MAX_FRAME_BYTES
 # and it still get a clear ``frame_too_large`` error from the chat.
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 4 * MAX_FRAME_BYTES, minimum=MAX_FRAME_BYTES)
+
+# --- Reverse proxy ----------------------------------------------------------------------------------
+# Addresses or networks of the reverse proxies in front of ``manage.py serve``. Only a request from
+# one of them has its X-Forwarded-For (the client's address: /metrics, login throttling) and
+# X-Forwarded-Proto (https) believed. Empty (the default): no forwarding header is believed.
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", [])
+for _proxy in FORWARDED_ALLOW_IPS:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        # '*' too: uvicorn would then take the left-most X-Forwarded-For, which the client writes.
+        raise ImproperlyConfigured(
+            f"FORWARDED_ALLOW_IPS must list IP addresses or networks of the proxies, got {_proxy!r}"
+        ) from None
 
 # --- Logging ----------------------------------------------------------------------------------
 LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hmac
 import ipaddress
 import logging
 
@@ -161,16 +162,38 @@ async def reset_breaker(request, name: str):
 
 
 async def metrics_view(request):
-    """Prometheus exposition: public if METRICS_PUBLIC, else staff or a scraper on loopback."""
-    user = await request.auser()
-    if not (settings.METRICS_PUBLIC or user.is_staff or _is_loopback(request.META.get("REMOTE_ADDR", ""))):
-        return HttpResponseForbidden("metrics are for staff or a local scraper")
+    """Prometheus exposition: public if METRICS_PUBLIC, else staff, a scraper with the token, or
+    (no token configured) a scraper on loopback."""
+    if not (settings.METRICS_PUBLIC or await _is_operator(request) or _is_local_scraper(request)):
+        return HttpResponseForbidden("metrics are for staff or a scraper with the metrics token")
     await refresh_gauges()
     return await sync_to_async(ExportToDjangoView)(request)
 
 
-def _is_loopback(address: str) -> bool:
+async def _is_operator(request) -> bool:
+    """Staff, or a scraper presenting ``Authorization: Bearer <METRICS_TOKEN>``."""
+    if _has_metrics_token(request):
+        return True
+    user = await request.auser()
+    return user.is_active and user.is_staff
+
+
+def _has_metrics_token(request) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = settings.METRICS_TOKEN
+    # Constant-time: the comparison must not tell a guesser how much of the token was right.
+    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode())
+
+
+# A proxy on the same host makes every request come from loopback; these headers say one did.
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
+def _is_local_scraper(request) -> bool:
+    """Loopback, with no token configured and no sign of a proxy in between."""
+    if settings.METRICS_TOKEN or any(name in request.headers for name in FORWARDING_HEADERS):
+        return False
     try:
-        return ipaddress.ip_address(address).is_loopback
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
     except ValueError:
         return False
