@@ -376,6 +376,8 @@ METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
 # ``Authorization: Bearer <METRICS_TOKEN>``; without a token, for a scraper on loopback that came
 # through no proxy (a request carrying a forwarding header is never taken for a local one).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "") or ""
+# /readyz answers from its last result for this long: a probe storm must not become database load.
+READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 5.0)
 
 # --- Chat limits ------------------------------------------------------------------------------
 MAX_CONCURRENT_GENERATIONS = env_int("MAX_CONCURRENT_GENERATIONS", 256, minimum=1)
