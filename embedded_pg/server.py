@@ -74,8 +74,7 @@ def forget_dead_users(server) -> None:
         users = server.global_process_id_list
         listed = users.get()
         alive = [pid for pid in listed if _process_alive(pid)]
-        if alive != listed:
-            logger.info("embedded PostgreSQL: forgetting dead users %s", sorted(set(listed) - set(alive)))
+        if alive != listed:  # (not logged: at exit, the log's stream may already be closed)
             users.put(alive)
 
 
