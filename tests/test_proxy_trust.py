@@ -3,23 +3,39 @@
 forwarding header is written by whoever sends the request unless a known proxy wrote it."""
 
 import http.client
+from urllib.parse import urlencode
 
 import pytest
 from django.test import AsyncClient
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, make_user
 
 TOKEN = "metrics-token-for-tests-0123456789"
 
 
 def get(server: LiveServer, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
     """One plain HTTP request, redirects not followed."""
+    return request(server, "GET", path, headers=headers)
+
+
+def request(server: LiveServer, method: str, path: str, body: str = "", headers: dict[str, str] | None = None):
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    connection.request("GET", path, headers=headers or {})
+    connection.request(method, path, body=body or None, headers=headers or {})
     response = connection.getresponse()
-    response.read()
+    response.body = response.read().decode()
     connection.close()
     return response
+
+
+def fail_to_sign_in(server: LiveServer, username: str, headers: dict[str, str]) -> None:
+    """A wrong password through the login form, as a browser posts it (CSRF cookie and token)."""
+    form = request(server, "GET", "/login/", headers=headers)
+    cookie = form.getheader("Set-Cookie").split(";")[0]
+    token = form.body.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+    body = urlencode({"csrfmiddlewaretoken": token, "username": username, "password": "not-it"})
+    form_headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    answer = request(server, "POST", "/login/", body, headers | form_headers)
+    assert answer.status == 200 and "Wrong username or password" in answer.body
 
 
 @pytest.mark.asyncio
@@ -65,3 +81,22 @@ def test_the_server_believes_forwarding_headers_only_from_a_configured_proxy(fak
     finally:
         direct.stop()
         behind.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_server_takes_the_client_address_from_x_forwarded_for_only_from_a_configured_proxy(fake_groq):
+    """The login throttling counts failures per address: the one the server believed."""
+    from axes.models import AccessAttempt
+
+    make_user("dave")
+    direct = LiveServer(fake_groq).start()
+    behind = LiveServer(fake_groq, FORWARDED_ALLOW_IPS="127.0.0.1").start()
+    try:
+        fail_to_sign_in(direct, "dave", {"X-Forwarded-For": "203.0.113.9"})  # the client's own claim
+        fail_to_sign_in(behind, "dave", {"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})  # proxy appended
+    finally:
+        direct.stop()
+        behind.stop()
+    addresses = set(AccessAttempt.objects.values_list("ip_address", flat=True))
+    assert addresses == {"127.0.0.1", "198.51.100.7"}
