@@ -14,6 +14,14 @@ REDIS_URL ?= $(LOCAL_REDIS)
 # llama-cpp-python compiles llama.cpp at install: for AVX2 CPUs, not for this one (-march=native).
 # The native build on an AVX-512 Xeon (this kind of machine) crashed in its first decode (SIGSEGV).
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+# With DEBUG off, Django needs a real secret key (config/settings.py). Unless one is given, make
+# generates one for this checkout, once, into var/secret_key (readable by its owner only), so
+# sessions survive restarts.
+SECRET_KEY_FILE := var/secret_key
+ifeq ($(origin DJANGO_SECRET_KEY),undefined)
+DJANGO_SECRET_KEY := $(shell test -s $(SECRET_KEY_FILE) || (mkdir -p var && umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $(SECRET_KEY_FILE)); cat $(SECRET_KEY_FILE))
+endif
+export DJANGO_SECRET_KEY
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.test-installed
 

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import os
 import platform
+import secrets
 import shlex
 import subprocess
 import sys
@@ -28,7 +29,14 @@ def use_bench_database(env: MutableMapping[str, str], database: str) -> None:
     """Point ``env`` (this process's environment, or a copy for a server) at ``database`` of the
     embedded PostgreSQL: a benchmark must never write into the database DATABASE_URL names."""
     env.pop("DATABASE_URL", None)
-    env.update(EMBEDDED_PG_DB=database, DJANGO_SETTINGS_MODULE="config.settings")
+    # With DEBUG off the settings need a real key: one per bench run unless given, the same for
+    # the bench's own process (which signs the session cookies) and the servers it starts.
+    os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
+    env.update(
+        EMBEDDED_PG_DB=database,
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DJANGO_SECRET_KEY=os.environ["DJANGO_SECRET_KEY"],
+    )
 
 
 def setup_django(database: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -38,6 +39,8 @@ from urllib.parse import urlsplit
 from bench.common import ROOT, process_tree, start_time, use_bench_database
 
 BIN = ROOT / ".venv" / "bin"
+# The servers of this bench run show /readyz's checks to whoever presents it.
+METRICS_TOKEN = secrets.token_urlsafe(24)
 BENCH_DB = "docchat_bench"
 HOST = "127.0.0.1"
 APP = "config.asgi:application"
@@ -162,10 +165,12 @@ def stop(process: subprocess.Popen | None) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def http_json(url: str, body: dict | None = None, cookie: str = "") -> dict:
-    """GET (or POST ``body``) ``url``, as the session ``cookie`` if given; its JSON reply."""
+def http_json(url: str, body: dict | None = None, cookie: str = "", token: str = "") -> dict:
+    """GET (or POST ``body``) ``url``, as the session ``cookie`` or with the bearer ``token`` if
+    given; its JSON reply."""
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} | ({"Cookie": cookie} if cookie else {})
+    headers |= {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
@@ -216,7 +221,7 @@ class Servers:
     def model_loaded(self) -> bool:
         """Whether the server process that answered has its embedding model loaded (/readyz)."""
         try:
-            reply = http_json(f"{self.server_url}/readyz")
+            reply = http_json(f"{self.server_url}/readyz", token=METRICS_TOKEN)  # the checks are for operators
         except urllib.error.HTTPError as exc:  # 503 (not ready) still lists the checks
             reply = json.loads(exc.read() or b"{}")
         return bool(reply.get("checks", {}).get("embedding_model", {}).get("loaded"))
@@ -299,6 +304,8 @@ def server_settings(args: argparse.Namespace, servers: Servers) -> dict[str, str
         "MAX_CONCURRENT_GENERATIONS": str(args.max_generations),
         "WEB_CONCURRENCY": str(servers.workers),
         "DB_APPLICATION_NAME": servers.app_name,
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "READYZ_CACHE_SECONDS": "0",  # asked until the model is loaded in every worker
     }
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -88,3 +89,12 @@ def _messages(conversation: Conversation) -> list[dict]:
         else {"role": m.role, "question_id": m.pk, "text": m.text}
         for m in conversation.messages.all()
     ]
+
+
+def locked_out(request, response=None, credentials=None):
+    """The page django-axes shows instead of a login form (ours or the admin's) while a username
+    is blocked from an address after too many failed sign-ins (AXES_LOCKOUT_CALLABLE)."""
+    minutes = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
+    page = render(request, "registration/locked_out.html", {"minutes": minutes}, status=429)
+    page["Retry-After"] = str(minutes * 60)
+    return page

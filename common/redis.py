@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -32,11 +33,18 @@ def url_with_timeouts(url: str) -> str:
 
 def ping() -> None:
     """Raise if Redis does not answer within the timeout (readiness)."""
-    import redis
-
     if not settings.REDIS_URL:
         raise RuntimeError("REDIS_URL is not set")
-    redis.Redis.from_url(settings.REDIS_URL, **timeout_options()).ping()
+    _shared_client(settings.REDIS_URL).ping()
+
+
+@lru_cache(maxsize=4)
+def _shared_client(url: str):
+    """One thread-safe client (and connection pool) per URL for the process: a probe every few
+    seconds must not open a new connection each time."""
+    import redis
+
+    return redis.Redis.from_url(url, **timeout_options())
 
 
 def async_client():

@@ -7,15 +7,19 @@ connection or starts a server: the embedded Postgres starts lazily on the first 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from common.masking import mask_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 _TRUE = {"1", "true", "yes", "on"}
@@ -81,25 +85,37 @@ def env_url(name: str, schemes: tuple[str, ...]) -> str | None:
     return raw
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe to log or show in an error."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+def check_secret_key(key: str) -> None:
+    """Refuse a missing, short or well-known key: it signs sessions, so whoever knows it can sign in
+    as anyone. The rule is Django's own deploy check (security.W009), made fatal."""
+    if not key:
+        problem = "is not set"
+    elif len(key) < 50 or len(set(key)) < 5:
+        problem = "is too short (at least 50 random characters)"
+    elif key.startswith(("django-insecure-", DEV_SECRET_KEY_PREFIX)):
+        problem = "is a development key"
+    else:
+        return
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY {problem}. Set it to a long random value, for example the output of "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'. Only development mode "
+        "(DJANGO_DEBUG=1 without DJANGO_PRODUCTION) runs without one."
+    )
 
 
 # --- Core -------------------------------------------------------------------------------------
 DEBUG = env_bool("DJANGO_DEBUG", False)
-SECRET_KEY = env_str("DJANGO_SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG and env_bool("DJANGO_PRODUCTION", False):
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_PRODUCTION=1")
-    # Development default: stable per checkout so sessions survive restarts, never used in
-    # production (DJANGO_PRODUCTION=1 refuses to start without a real key).
-    SECRET_KEY = "dev-only-" + str(BASE_DIR).encode().hex()[:40]
 PRODUCTION = env_bool("DJANGO_PRODUCTION", False)
+DEV_SECRET_KEY_PREFIX = "dev-only-"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or ""
+if not SECRET_KEY and DEBUG and not PRODUCTION:
+    # Development mode only: stable per checkout so sessions survive restarts. Anyone can derive it
+    # from the path, so with DEBUG off (make run, a server) or in production a real key is required.
+    SECRET_KEY = DEV_SECRET_KEY_PREFIX + str(BASE_DIR).encode().hex()[:40]
+else:
+    check_secret_key(SECRET_KEY)
+# The debug page hides the database and Redis URLs and any password in a URL (common/debug.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "common.debug.SettingsMaskingFilter"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 VAR_DIR = Path(env_str("DOCCHAT_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
@@ -113,6 +129,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "axes",
     "channels",
     "django_prometheus",
     "django_tasks",
@@ -132,6 +149,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns a login locked out by django-axes into its page (last but Prometheus, as axes asks).
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -225,9 +244,27 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
 LOGOUT_REDIRECT_URL = "login"
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed sign-ins for one username from one
+# address, that pair is blocked for LOGIN_LOCKOUT_MINUTES, on our login page and the admin's. Per
+# pair, so nobody can lock a user out from elsewhere, nor everyone behind one proxy address. The
+# failures are kept in the database, which every server process shares; a success clears them.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chat.views.locked_out"
+# The client address is the connection's (REMOTE_ADDR), which manage.py serve sets from
+# X-Forwarded-For only for requests from FORWARDED_ALLOW_IPS; axes must not read the header itself.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -238,7 +275,11 @@ if PRODUCTION:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Probes (docker-compose's health check, a load balancer's) ask over plain HTTP inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# No SECURE_PROXY_SSL_HEADER: Django would believe X-Forwarded-Proto from anyone who reaches the
+# server. ``manage.py serve`` (uvicorn) takes the scheme and the client address from the forwarding
+# headers only when the request comes from one of FORWARDED_ALLOW_IPS (below).
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -373,7 +414,13 @@ for _name in ("LLM", "EMBEDDING", "RETRIEVAL"):
 ALERT_POOL_USE = env_float("ALERT_POOL_USE", 0.8)  # fraction of DB_POOL_MAX in use
 ALERT_QUEUE_DEPTH = env_int("ALERT_QUEUE_DEPTH", 10)
 ALERT_LOOP_LAG_MS = env_float("ALERT_LOOP_LAG_MS", 100.0)
-METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)  # else /metrics is for staff (or a scraper on loopback)
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
+# /metrics and the details of /readyz are for staff and for a scraper sending
+# ``Authorization: Bearer <METRICS_TOKEN>``; without a token, for a scraper on loopback that came
+# through no proxy (a request carrying a forwarding header is never taken for a local one).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "") or ""
+# /readyz answers from its last result for this long: a probe storm must not become database load.
+READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 5.0)
 
 # --- Chat limits ------------------------------------------------------------------------------
 MAX_CONCURRENT_GENERATIONS = env_int("MAX_CONCURRENT_GENERATIONS", 256, minimum=1)
@@ -419,6 +466,20 @@ LISTEN_BACKLOG = env_int("LISTEN_BACKLOG", 2048, minimum=64)
 # The transport closes a connection (1009) on a message above this; frames between MAX_FRAME_BYTES
 # and it still get a clear ``frame_too_large`` error from the chat.
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 4 * MAX_FRAME_BYTES, minimum=MAX_FRAME_BYTES)
+
+# --- Reverse proxy ----------------------------------------------------------------------------------
+# Addresses or networks of the reverse proxies in front of ``manage.py serve``. Only a request from
+# one of them has its X-Forwarded-For (the client's address: /metrics, login throttling) and
+# X-Forwarded-Proto (https) believed. Empty (the default): no forwarding header is believed.
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", [])
+for _proxy in FORWARDED_ALLOW_IPS:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        # '*' too: uvicorn would then take the left-most X-Forwarded-For, which the client writes.
+        raise ImproperlyConfigured(
+            f"FORWARDED_ALLOW_IPS must list IP addresses or networks of the proxies, got {_proxy!r}"
+        ) from None
 
 # --- Logging ----------------------------------------------------------------------------------
 LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()

@@ -6,12 +6,14 @@ connection is needed and is safe to call from many threads and processes.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import warnings
 from pathlib import Path
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -52,7 +54,35 @@ def _start(pgdata: Path):
     # A previous handle in this process whose server died must not be reused as is.
     PostgresServer._instances.pop(pgdata.resolve(), None)
     logger.info("starting embedded PostgreSQL in %s", pgdata)
-    return get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
+    forget_dead_users(server)
+    # atexit runs hooks last-registered first: this one runs just before the package's own, which
+    # stops the server only if this process is the last one on the list.
+    atexit.register(forget_dead_users, server)
+    return server
+
+
+def forget_dead_users(server) -> None:
+    """Take the processes that died without saying so off the server's list of users.
+
+    The package keeps the ids of the processes using the server in ``<pgdata>/.handle_pids.json``:
+    each adds itself when it joins and removes itself at exit, and the one that leaves the list
+    empty stops the server. A process killed (SIGKILL, a crash, an OOM kill) never removes itself,
+    and from then on the server outlived every real user (seen after ``make run`` stopped).
+    """
+    with server._lock:  # the package's own inter-process lock over that file
+        users = server.global_process_id_list
+        listed = users.get()
+        alive = [pid for pid in listed if _process_alive(pid)]
+        if alive != listed:  # (not logged: at exit, the log's stream may already be closed)
+            users.put(alive)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _create_database(admin_uri: str, database: str) -> None:

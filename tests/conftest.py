@@ -46,6 +46,14 @@ def llm_points_at_fake(fake_groq):
     yield fake_groq
 
 
+@pytest.fixture(autouse=True)
+def fresh_readiness():
+    """/readyz reuses its last result for a few seconds: each test sees its own database's."""
+    from monitoring import readiness
+
+    readiness.forget()
+
+
 DOCS = {
     "alice": {
         "zebras.md": "# Zebra migration\n\nZebras migrate across the Serengeti every year following the rains. "

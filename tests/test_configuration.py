@@ -44,9 +44,58 @@ def test_it_names_the_variable_of_a_bad_number():
 
 
 def test_it_refuses_production_without_a_secret_key():
-    result = manage("check", DJANGO_PRODUCTION="1")
+    result = manage("check", DJANGO_PRODUCTION="1", DJANGO_SECRET_KEY="")
     assert result.returncode != 0
-    assert "DJANGO_SECRET_KEY must be set when DJANGO_PRODUCTION=1" in result.stderr
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr
+
+
+def test_it_refuses_production_without_a_secret_key_even_in_debug_mode():
+    result = manage("check", DJANGO_PRODUCTION="1", DJANGO_DEBUG="1", DJANGO_SECRET_KEY="")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr
+
+
+def test_it_refuses_to_run_with_debug_off_on_the_key_derived_from_the_path():
+    result = manage("check", DJANGO_DEBUG="0", DJANGO_SECRET_KEY="")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_it_refuses_a_short_or_development_secret_key():
+    short = manage("check", DJANGO_SECRET_KEY="hunter2-but-longer")
+    assert short.returncode != 0 and "DJANGO_SECRET_KEY is too short" in short.stderr
+    insecure = manage("check", DJANGO_SECRET_KEY="django-insecure-" + secrets.token_urlsafe(50))
+    assert insecure.returncode != 0 and "DJANGO_SECRET_KEY is a development key" in insecure.stderr
+
+
+def test_it_runs_debug_mode_on_the_development_key():
+    result = manage("check", DJANGO_DEBUG="1", DJANGO_SECRET_KEY="")
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_debug_page_masks_database_and_redis_urls_and_passwords_in_urls():
+    code = (
+        "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup()\n"
+        "from django.test import RequestFactory\n"
+        "from django.views.debug import technical_500_response\n"
+        "try:\n    raise RuntimeError('boom')\n"
+        "except RuntimeError:\n"
+        "    print(technical_500_response(RequestFactory().get('/'), *sys.exc_info()).content.decode())"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_DEBUG": "1",
+        "DATABASE_URL": "postgresql://app:s3cr3t-pw@db.internal/docchat",
+        "REDIS_URL": "redis://:r3dis-pw@cache:6379/0",
+        "GROQ_BASE_URL": "https://proxy:gr0q-pw@llm.internal/openai",
+    }
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    page = result.stdout
+    assert "RuntimeError" in page and "GROQ_BASE_URL" in page  # the settings are on the page
+    for password in ("s3cr3t-pw", "r3dis-pw", "gr0q-pw"):
+        assert password not in page, password
+    assert "proxy:***@llm.internal" in page
 
 
 def test_check_deploy_is_clean_with_production_settings():

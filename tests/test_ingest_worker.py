@@ -170,13 +170,16 @@ def _upload(name: str, data: bytes):
     return SimpleUploadedFile(name, data)
 
 
-def test_readiness_reports_queued_jobs_without_a_live_worker(library, client):
+def test_readiness_reports_queued_jobs_without_a_live_worker(library, client, settings):
+    settings.READYZ_CACHE_SECONDS = 0  # asked again at once, after the worker ran
+    settings.METRICS_TOKEN = "scraper-token"
+    operator = {"Authorization": "Bearer scraper-token"}  # anonymous callers get the status only
     do_add_document(library, "waiting.txt", b"Nobody is running the worker yet.")
-    stalled = client.get("/readyz")
+    stalled = client.get("/readyz", headers=operator)
     assert stalled.status_code == 503
     assert stalled.json()["checks"]["worker"]["error"] == "1 ingestion job(s) queued and no worker alive"
     call_command("worker", "--batch", "--no-startup-delay", "--interval", "0")  # writes its heartbeat
-    ready = client.get("/readyz").json()["checks"]["worker"]
+    ready = client.get("/readyz", headers=operator).json()["checks"]["worker"]
     assert ready == {"ok": True, "alive": 1, "queued": 0}
 
 

@@ -58,6 +58,10 @@ def uvicorn_options(workers: int) -> dict[str, Any]:
         backlog=settings.LISTEN_BACKLOG,
         lifespan="off",  # nothing to start: every heavy resource is created lazily
         timeout_graceful_shutdown=10,  # answers in progress are saved as stopped first
+        # uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 unless told otherwise (and reads
+        # its own FORWARDED_ALLOW_IPS variable): only the proxies configured in settings are believed.
+        proxy_headers=bool(settings.FORWARDED_ALLOW_IPS),
+        forwarded_allow_ips=list(settings.FORWARDED_ALLOW_IPS),
         log_level=logging.getLevelNamesMapping()[settings.LOG_LEVEL],
         access_log=False,
     )

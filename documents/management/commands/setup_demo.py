@@ -4,7 +4,9 @@ import secrets
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
 
 from documents.actions import do_ingest_file, find_files
 from documents.models import Collection
@@ -16,6 +18,8 @@ class Command(BaseCommand):
     help = "Create the demo user and the demo collection from docs/ (idempotent: safe to run again)."
 
     def handle(self, *args, **options):
+        if settings.DEMO_PASSWORD:
+            check_demo_password(settings.DEMO_USERNAME, settings.DEMO_PASSWORD)
         user = self._demo_user()
         collection, _ = Collection.objects.get_or_create(
             name=DEMO_COLLECTION,
@@ -47,3 +51,11 @@ class Command(BaseCommand):
             )
         )
         return user
+
+
+def check_demo_password(username: str, password: str) -> None:
+    """The demo user is an administrator: its password passes the same validators as anyone's."""
+    try:
+        validate_password(password, get_user_model()(username=username))
+    except ValidationError as exc:
+        raise CommandError(f"DEMO_PASSWORD is not accepted: {' '.join(exc.messages)}") from None
