@@ -11,9 +11,9 @@ purgatory keeps the state (opened, half-opened, closed) -- with REDIS_URL in Red
 server process, falling back to this process's memory while Redis is unreachable
 (``common.redis``). It only counts consecutive failures, which turned 20 % failing LLM calls into
 63 % degraded answers (fast HTTP 500s arrive before the slower successes are recorded), so the
-outcomes are judged here, in a sliding window of this process's calls (as Envoy's outlier
-detection judges per proxy), and purgatory is told a failure only when the window trips it or a
-trial call fails. A call's success is recorded as soon as it is known (``Call.succeeded``: the
+outcomes are judged here, in a sliding window of one-second buckets -- in Redis too, counted by
+every server process together (else a breaker behind N processes would need N times the calls to
+open) -- and purgatory is told a failure only when the window trips it or a trial call fails. A call's success is recorded as soon as it is known (``Call.succeeded``: the
 LLM's first token), not when its stream ends.
 """
 
@@ -34,7 +34,9 @@ from purgatory.service._async.unit_of_work import (
     AsyncInMemoryUnitOfWork,
     AsyncRedisUnitOfWork,
 )
+from redis.exceptions import RedisError
 
+from common import redis
 from common.aio import per_loop
 from common.redis import LocalFallback, url_with_timeouts
 
@@ -83,30 +85,72 @@ def config(name: str) -> BreakerConfig:
 
 
 class OutcomeWindow:
-    """Outcomes of the calls that ended in the last ``seconds``, counted in one-second buckets."""
+    """Outcomes of the calls that ended in the last ``seconds``, counted in one-second buckets, in
+    this process's memory."""
 
     def __init__(self) -> None:
         self.buckets: deque[list[int]] = deque()  # [second, calls, failures], oldest first
 
-    def record(self, failed: bool, now: float) -> None:
+    async def record(self, failed: bool, now: float, seconds: float) -> tuple[int, int]:
+        """Count one outcome; returns (calls, failures) in the last ``seconds``, this one included."""
         second = int(now)
         if not self.buckets or self.buckets[-1][0] != second:
             self.buckets.append([second, 0, 0])
         self.buckets[-1][1] += 1
         self.buckets[-1][2] += failed
+        return await self.counts(seconds, now)
 
-    def counts(self, seconds: float, now: float) -> tuple[int, int]:
+    async def counts(self, seconds: float, now: float) -> tuple[int, int]:
         """(calls, failures) in the last ``seconds``; older buckets are dropped."""
         while self.buckets and self.buckets[0][0] <= now - seconds:
             self.buckets.popleft()
         return sum(b[1] for b in self.buckets), sum(b[2] for b in self.buckets)
 
-    def clear(self) -> None:
+    async def clear(self) -> None:
         self.buckets.clear()
 
 
-def trips(window: OutcomeWindow, cfg: BreakerConfig, now: float) -> bool:
-    calls, failures = window.counts(cfg.window, now)
+class SharedOutcomeWindow:
+    """The same window in Redis, counted by every server process together: one hash per breaker,
+    a field per second and outcome (``c<second>`` calls, ``f<second>`` failures). One round trip
+    per outcome counts it and reads the window back; stale fields are deleted on the next one."""
+
+    def __init__(self, client, name: str) -> None:
+        self.client, self.key = client, f"docchat:breaker-window:{name}"
+        self.stale: list[str] = []
+
+    async def record(self, failed: bool, now: float, seconds: float) -> tuple[int, int]:
+        second = int(now)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self.key, f"c{second}", 1)
+            if failed:
+                pipe.hincrby(self.key, f"f{second}", 1)
+            if self.stale:
+                pipe.hdel(self.key, *self.stale)
+            pipe.expire(self.key, int(seconds) + 5)
+            pipe.hgetall(self.key)
+            *_, fields = await pipe.execute()
+        return self._sum(fields, seconds, now)
+
+    async def counts(self, seconds: float, now: float) -> tuple[int, int]:
+        return self._sum(await self.client.hgetall(self.key), seconds, now)
+
+    async def clear(self) -> None:
+        await self.client.delete(self.key)
+
+    def _sum(self, fields: dict, seconds: float, now: float) -> tuple[int, int]:
+        totals = {"c": 0, "f": 0}
+        self.stale = []
+        for field, value in fields.items():
+            name = field.decode()
+            if int(name[1:]) <= now - seconds:
+                self.stale.append(name)
+            else:
+                totals[name[0]] += int(value)
+        return totals["c"], totals["f"]
+
+
+def trips(calls: int, failures: int, cfg: BreakerConfig) -> bool:
     return calls >= cfg.min_calls and failures >= cfg.failure_rate * calls
 
 
@@ -135,20 +179,37 @@ class Call:
 
 
 class Breakers:
-    """The breakers of one event loop: state shared (Redis) when configured, local memory
-    otherwise; the outcome windows are this process's."""
+    """The breakers of one event loop: state and outcome windows shared (Redis) when configured,
+    in this process's memory otherwise."""
 
     def __init__(self) -> None:
         self.local = _factory(AsyncInMemoryUnitOfWork())
+        self.local_windows = {name: OutcomeWindow() for name in NAMES}
         self.shared = None
         if settings.REDIS_URL:
             self.shared = _factory(AsyncRedisUnitOfWork(url_with_timeouts(settings.REDIS_URL)))
+            client = redis.async_client()
+            self.shared_windows = {name: SharedOutcomeWindow(client, name) for name in NAMES}
         self.fallback = LocalFallback("circuit breakers")
-        self.windows = {name: OutcomeWindow() for name in NAMES}
         self.last_errors: dict[str, tuple[float, str]] = {}
 
+    @property
+    def sharing(self) -> bool:
+        return self.shared is not None and not self.fallback.active
+
     def factory(self) -> AsyncCircuitBreakerFactory:
-        return self.shared if self.shared is not None and not self.fallback.active else self.local
+        return self.shared if self.shared is not None and self.sharing else self.local
+
+    def window(self, name: str) -> OutcomeWindow | SharedOutcomeWindow:
+        return self.shared_windows[name] if self.sharing else self.local_windows[name]
+
+    async def _window_call(self, name: str, method: str, *args) -> tuple[int, int]:
+        """``method`` of the breaker's window; this process's window while Redis is unreachable."""
+        try:
+            return await getattr(self.window(name), method)(*args) or (0, 0)
+        except RedisError:
+            self.fallback.start()
+            return await getattr(self.local_windows[name], method)(*args) or (0, 0)
 
     @asynccontextmanager
     async def guard(self, name: str) -> AsyncIterator[Call]:
@@ -172,18 +233,18 @@ class Breakers:
     async def _record(self, name: str, breaker, exc: BaseException | None, counted: bool = True) -> None:
         """Count the outcome; tell purgatory a failure only when it opens the breaker: a failed
         trial call, or a failure rate over the window's threshold."""
-        now = time.time()
-        window = self.windows[name]
+        now, cfg = time.time(), config(name)
+        calls = failures = 0
         if counted:
-            window.record(exc is not None, now)
+            calls, failures = await self._window_call(name, "record", exc is not None, now, cfg.window)
         if exc is not None:
             self.last_errors[name] = (now, f"{type(exc).__name__}: {exc}"[:300])
         trial = breaker.context.state == "half-opened"
-        if exc is not None and not trial and trips(window, config(name), now):
+        if exc is not None and not trial and trips(calls, failures, cfg):
             # Set, not counted: a context saved by an older version may carry another threshold.
             breaker.context.set_state(OpenedState(name))
         if breaker.context.state != "closed":
-            window.clear()  # a fresh count once it closes again
+            await self._window_call(name, "clear")  # a fresh count once it closes again
         failed_trial = exc is not None and trial  # purgatory re-opens the breaker on it
         try:
             await breaker.__aexit__(type(exc) if failed_trial else None, exc if failed_trial else None, None)
@@ -212,7 +273,7 @@ class Breakers:
             context = None
         state = context.state if context else "closed"
         opened_at = context.opened_at if context else None
-        calls, failures = self.windows[name].counts(cfg.window, time.time())
+        calls, failures = await self._window_call(name, "counts", cfg.window, time.time())
         last = self.last_errors.get(name)
         return {
             "name": name,
@@ -229,7 +290,7 @@ class Breakers:
             else None,
             "last_error": last[1] if last else "",
             "last_error_at": last[0] if last else None,
-            "shared": self.shared is not None and not self.fallback.active,
+            "shared": self.sharing,
         }
 
     async def reset(self, name: str) -> None:
@@ -239,7 +300,7 @@ class Breakers:
         async with self.factory().uow as uow:
             await uow.contexts.register(Context(name, 1, config(name).ttl))
             await uow.contexts.reset_failure(name)
-        self.windows[name].clear()
+        await self._window_call(name, "clear")
         self.last_errors.pop(name, None)
 
 

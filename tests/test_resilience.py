@@ -223,3 +223,27 @@ async def test_it_forgets_failures_older_than_its_window_and_opens_on_recent_one
     with pytest.raises(CircuitOpen):
         async with breakers().guard("retrieval"):
             pass
+
+
+async def test_it_counts_the_failures_of_every_server_process_together_through_redis(db, settings, redis_server):
+    # Two processes' breakers (each process has its own Breakers), one LLM failure each: with the
+    # window in Redis, 2 of 2 calls failed and the breaker opens for both.
+    from chat.breakers import Breakers
+
+    settings.REDIS_URL = redis_server["url"]
+    settings.BREAKER_LLM_MIN_CALLS = 2
+    first, second = Breakers(), Breakers()
+
+    async def failing_call(process: Breakers) -> None:
+        with pytest.raises(ConnectionError):
+            async with process.guard("llm"):
+                raise ConnectionError("the LLM is down")
+
+    await failing_call(first)
+    state = {b["name"]: b for b in await second.describe()}["llm"]
+    assert state["state"] == "closed" and (state["calls"], state["failures"]) == (1, 1) and state["shared"]
+    await failing_call(second)
+    for process in (first, second):
+        with pytest.raises(CircuitOpen):
+            async with process.guard("llm"):
+                pass

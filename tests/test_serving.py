@@ -94,6 +94,9 @@ async def test_two_server_processes_share_breakers_rate_limits_and_answer_limits
         "RATE_LIMIT_PER_MINUTE": 4,
         "MAX_GENERATIONS_PER_USER": 2,
         "BREAKER_LLM_MIN_CALLS": 2,
+        # The 7 answers before the failures count as successes in the shared window: 2 failures
+        # more are 2 of 9 calls, which open it at 20 % (and 1 of 8 does not).
+        "BREAKER_LLM_FAILURE_RATE": 0.2,
         "BREAKER_LLM_TTL": 600,
         "WEB_CONCURRENCY": 2,
     }
