@@ -128,7 +128,8 @@ class Phase:
     per_round: list[int] = field(default_factory=list)  # answers not complete, per round
     llm_states: Counter = field(default_factory=Counter)  # the LLM breaker's state per poll
     llm_requests: int = 0  # calls that reached the fake LLM
-    opened_after: list[float] = field(default_factory=list)  # per round: s into it when the breaker was seen open
+    opened_after: dict[int, float] = field(default_factory=dict)  # round -> s into it when seen open first
+    round: int = 0
     round_started: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     stored: dict = field(default_factory=dict)  # counted in the database after the run
@@ -232,8 +233,8 @@ async def poll_once(client, phase: Phase, lag_max_before: float, started: float)
             phase.round_rose_to = max(lag["max"], phase.round_rose_to or 0.0)
         llm = next((b for b in summary["breakers"] if b["name"] == "llm"), {})
         phase.llm_states[llm.get("state", "?")] += 1
-        if llm.get("state") == "opened" and len(phase.opened_after) < len(phase.per_round) + 1:
-            phase.opened_after.append(time.monotonic() - phase.round_started)
+        if llm.get("state") == "opened":
+            phase.opened_after.setdefault(phase.round, time.monotonic() - phase.round_started)
     except Exception as exc:  # noted in the report: a gap in the lag samples
         phase.polls_failed.append(f"{type(exc).__name__}: {exc}"[:120])
 
@@ -246,7 +247,7 @@ async def run_phase(phase: Phase, round_: int, run_tag: str, cookies, servers: S
     results = questions_for(phase, round_, run_tag, args, rng)
     stop_polling = asyncio.Event()
     first_sample, phase.round_rose_to = len(phase.lags), None
-    phase.round_started = time.monotonic()
+    phase.round, phase.round_started = round_, time.monotonic()
     poller = asyncio.create_task(poll_summary(client, phase, stop_polling, lag_max_before))
     cpu = process_meter(servers)
     try:
@@ -343,9 +344,8 @@ def print_report(phases: list[Phase], args) -> None:
     print("(healthy !llm: questions without the error directive that did not get the LLM's answer)")
     for p in phases:
         if p.opened_after:
-            print(
-                f"  {p.name}: the LLM breaker was seen open {[round(t, 1) for t in p.opened_after]} s into its rounds"
-            )
+            seen = ", ".join(f"round {r + 1}: {t:.1f} s" for r, t in sorted(p.opened_after.items()))
+            print(f"  {p.name}: the LLM breaker was first seen open (polls every {POLL_EVERY} s) {seen} into the round")
     print()
     print("by final status (as the clients saw it):")
     print(f"  {'phase':<10} {'status':<10} {'count':>5} {LATENCY_HEADER}")

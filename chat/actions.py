@@ -68,9 +68,11 @@ def check_signed_in(session_key: str | None, user) -> None:
         raise SignedOut()
 
 
-def do_ask(session_key: str | None, user, conversation_id: int | None, text: str, client_id: str) -> Asked:
-    """A question on a socket: still signed in, then recorded (one thread hop for both)."""
-    check_signed_in(session_key, user)
+def do_ask(recheck_session: str | None, user, conversation_id: int | None, text: str, client_id: str) -> Asked:
+    """A question on a socket: still signed in (when given the session key to check again), then
+    recorded, in one thread hop."""
+    if recheck_session is not None:
+        check_signed_in(recheck_session, user)
     return do_record_question(user, conversation_id, text, client_id)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from channels.consumer import get_handler_name
@@ -71,6 +72,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user = user
         self.user_id = user.pk
         self.session_key = self.scope["session"].session_key
+        self.signed_in_at = time.monotonic()  # the middleware just checked the session
         self.socket_id = sockets().new_id()
         self.budget = FrameBudget(settings.WS_FRAMES_PER_SECOND, settings.WS_FRAME_BURST)
         relevance.warm_up()  # a fresh server starts loading the model with its first chat
@@ -159,9 +161,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         release = await user_generations().acquire(self.user.pk)
         try:
             await question_limiter().check(self.user.pk)
+            recheck = time.monotonic() - self.signed_in_at >= settings.SESSION_RECHECK_SECONDS
             asked = await db_async(do_ask)(
-                self.session_key, self.user, frame["conversation_id"], frame["text"], frame["client_id"]
+                self.session_key if recheck else None,
+                self.user,
+                frame["conversation_id"],
+                frame["text"],
+                frame["client_id"],
             )
+            if recheck:
+                self.signed_in_at = time.monotonic()
             await self.send_frame(
                 protocol.ack_frame(
                     frame["client_id"], asked.question_id, asked.answer_id, asked.conversation_id, asked.duplicate

@@ -446,6 +446,10 @@ STREAM_COALESCE_MS = env_int("STREAM_COALESCE_MS", 25)
 WS_FRAMES_PER_SECOND = env_float("WS_FRAMES_PER_SECOND", 10.0, minimum=0.1)
 WS_FRAME_BURST = env_int("WS_FRAME_BURST", 40, minimum=1)
 WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 10, minimum=1)
+# A question re-reads the socket's session (signed out? password changed? deactivated?) when the
+# last check is older than this: 2 queries and a session decode per question cost a 200-chat burst
+# ~400 ms more before its ack (bench/RESULTS.md, "Issue 11"). Signing out closes the sockets at once.
+SESSION_RECHECK_SECONDS = env_float("SESSION_RECHECK_SECONDS", 5.0)
 
 # --- Serving (manage.py serve: uvicorn) -----------------------------------------------------------
 # One process uses one core. Several processes share rate limits, breakers and limits only through

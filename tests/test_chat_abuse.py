@@ -131,7 +131,10 @@ async def test_it_closes_the_sockets_of_a_session_that_signs_out(people, setting
 
 
 @pytest.mark.parametrize("change", ["password", "deactivated", "session_deleted"])
-async def test_it_refuses_a_question_once_the_session_no_longer_signs_the_user_in(people, chat_client, change):
+async def test_it_refuses_a_question_once_the_session_no_longer_signs_the_user_in(
+    people, chat_client, change, settings
+):
+    settings.SESSION_RECHECK_SECONDS = 0  # every question re-reads the session
     alice = people["alice"]
 
     def end_the_session() -> None:
@@ -185,3 +188,23 @@ async def test_it_holds_one_users_simultaneous_questions_to_the_per_user_limit(
     finally:
         for client in clients:
             await client.__aexit__(None, None, None)
+
+
+async def test_it_rereads_the_session_only_when_its_last_check_is_older_than_the_recheck_interval(
+    people, chat_client, settings
+):
+    settings.SESSION_RECHECK_SECONDS = 3600
+    alice = people["alice"]
+
+    def change_password() -> None:
+        alice.set_password("a-new-password-456")
+        alice.save()
+
+    async with chat_client(alice) as client:
+        await database_sync_to_async(change_password)()
+        finish, _ = await client.answer("Where do zebras migrate?")  # checked at connect, an hour's grace
+        assert finish["status"] == "complete"
+        settings.SESSION_RECHECK_SECONDS = 0
+        await client.ask("Where do zebras migrate?")
+        assert (await client.receive())["code"] == "signed_out"
+        assert await closed_with(client.communicator) == 4401
