@@ -13,8 +13,9 @@ server process, falling back to this process's memory while Redis is unreachable
 63 % degraded answers (fast HTTP 500s arrive before the slower successes are recorded), so the
 outcomes are judged here, in a sliding window of one-second buckets -- in Redis too, counted by
 every server process together (else a breaker behind N processes would need N times the calls to
-open) -- and purgatory is told a failure only when the window trips it or a trial call fails. A call's success is recorded as soon as it is known (``Call.succeeded``: the
-LLM's first token), not when its stream ends.
+open) -- and purgatory is told a failure only when the window trips it or a trial call fails. A
+call's success is recorded as soon as it is known (``Call.succeeded``: the LLM's first token), not
+when its stream ends.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from django.conf import settings
 from purgatory import AsyncCircuitBreakerFactory
@@ -150,6 +152,10 @@ class SharedOutcomeWindow:
         return totals["c"], totals["f"]
 
 
+Window = OutcomeWindow | SharedOutcomeWindow
+T = TypeVar("T")
+
+
 def trips(calls: int, failures: int, cfg: BreakerConfig) -> bool:
     return calls >= cfg.min_calls and failures >= cfg.failure_rate * calls
 
@@ -198,18 +204,17 @@ class Breakers:
         return self.shared is not None and not self.fallback.active
 
     def factory(self) -> AsyncCircuitBreakerFactory:
-        return self.shared if self.shared is not None and self.sharing else self.local
+        return self.shared if self.shared is not None and not self.fallback.active else self.local
 
-    def window(self, name: str) -> OutcomeWindow | SharedOutcomeWindow:
-        return self.shared_windows[name] if self.sharing else self.local_windows[name]
-
-    async def _window_call(self, name: str, method: str, *args) -> tuple[int, int]:
-        """``method`` of the breaker's window; this process's window while Redis is unreachable."""
-        try:
-            return await getattr(self.window(name), method)(*args) or (0, 0)
-        except RedisError:
-            self.fallback.start()
-            return await getattr(self.local_windows[name], method)(*args) or (0, 0)
+    async def _on_window(self, name: str, use: Callable[[Window], Awaitable[T]]) -> T:
+        """``use(window)`` on breaker ``name``'s window: the shared one, or this process's while
+        Redis is unreachable."""
+        if self.sharing:
+            try:
+                return await use(self.shared_windows[name])
+            except RedisError:
+                self.fallback.start()
+        return await use(self.local_windows[name])
 
     @asynccontextmanager
     async def guard(self, name: str) -> AsyncIterator[Call]:
@@ -236,7 +241,7 @@ class Breakers:
         now, cfg = time.time(), config(name)
         calls = failures = 0
         if counted:
-            calls, failures = await self._window_call(name, "record", exc is not None, now, cfg.window)
+            calls, failures = await self._on_window(name, lambda w: w.record(exc is not None, now, cfg.window))
         if exc is not None:
             self.last_errors[name] = (now, f"{type(exc).__name__}: {exc}"[:300])
         trial = breaker.context.state == "half-opened"
@@ -244,7 +249,7 @@ class Breakers:
             # Set, not counted: a context saved by an older version may carry another threshold.
             breaker.context.set_state(OpenedState(name))
         if breaker.context.state != "closed":
-            await self._window_call(name, "clear")  # a fresh count once it closes again
+            await self._on_window(name, lambda w: w.clear())  # a fresh count once it closes again
         failed_trial = exc is not None and trial  # purgatory re-opens the breaker on it
         try:
             await breaker.__aexit__(type(exc) if failed_trial else None, exc if failed_trial else None, None)
@@ -273,7 +278,7 @@ class Breakers:
             context = None
         state = context.state if context else "closed"
         opened_at = context.opened_at if context else None
-        calls, failures = await self._window_call(name, "counts", cfg.window, time.time())
+        calls, failures = await self._on_window(name, lambda w: w.counts(cfg.window, time.time()))
         last = self.last_errors.get(name)
         return {
             "name": name,
@@ -300,7 +305,7 @@ class Breakers:
         async with self.factory().uow as uow:
             await uow.contexts.register(Context(name, 1, config(name).ttl))
             await uow.contexts.reset_failure(name)
-        await self._window_call(name, "clear")
+        await self._on_window(name, lambda w: w.clear())
         self.last_errors.pop(name, None)
 
 

@@ -70,7 +70,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
-        self.user_id = user.pk
         self.session_key = self.scope["session"].session_key
         self.signed_in_at = time.monotonic()  # the middleware just checked the session
         self.socket_id = sockets().new_id()
@@ -85,17 +84,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         janitor().ensure_running()
         self.counted = True
 
+    @property
+    def user_id(self) -> int:
+        return self.user.pk
+
     async def signed_out(self, error: SignedOut | None = None, client_id: str | None = None) -> None:
         """The session ended (sign-out here or in another process, password change, deactivation)."""
-        if self.closed:
-            return
-        await self.send_frame(protocol.error_frame(error or SignedOut(), client_id=client_id))
-        self.closed = True
-        await self.close(code=CLOSE_UNAUTHENTICATED)
+        if not self.closed:
+            await self._refuse(error or SignedOut(), CLOSE_UNAUTHENTICATED, client_id)
 
-    async def _refuse(self, error: ChatError, code: int) -> None:
+    async def _refuse(self, error: ChatError, code: int, client_id: str | None = None) -> None:
         """Tell the client why, then close the socket with ``code``."""
-        await self.send_frame(protocol.error_frame(error))
+        await self.send_frame(protocol.error_frame(error, client_id=client_id))
         self.closed = True
         await self.close(code=code)
 

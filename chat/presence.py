@@ -33,7 +33,9 @@ STALE_SECONDS = 3 * REFRESH_SECONDS
 
 
 class Socket(Protocol):
-    user_id: int
+    @property
+    def user_id(self) -> int: ...
+
     session_key: str
     socket_id: str
 
@@ -58,14 +60,14 @@ class Sockets:
 
     async def open(self, socket: Socket) -> bool:
         """Count ``socket`` for its user; False (and not counted) when the user is at the cap."""
+        allowed: bool | None = None
         if self.shared is not None and not self.fallback.active:
             try:
                 allowed = await self._open_shared(self.shared, socket)
             except RedisError:
                 self.fallback.start()
-                allowed = self._local_count(socket.user_id) < settings.WS_MAX_SOCKETS_PER_USER
-        else:
-            allowed = self._local_count(socket.user_id) < settings.WS_MAX_SOCKETS_PER_USER
+        if allowed is None:  # no Redis, or not reachable: this process's count
+            allowed = len(self.by_user.get(socket.user_id, ())) < settings.WS_MAX_SOCKETS_PER_USER
         if allowed:
             self.by_user[socket.user_id].add(socket)
             self._ensure_background()
@@ -90,9 +92,6 @@ class Sockets:
         for socket in doomed:
             self.loop.create_task(socket.signed_out())
         return len(doomed)
-
-    def _local_count(self, user_id: int) -> int:
-        return len(self.by_user.get(user_id, ()))
 
     async def _open_shared(self, client, socket: Socket) -> bool:
         key, now = _key(socket.user_id), time.time()

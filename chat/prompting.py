@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from django.conf import settings
@@ -41,12 +42,16 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // CHARS_PER_TOKEN)
 
 
-def memory_window(turns: list[Turn], budget_tokens: int) -> list[Turn]:
-    """The most recent turns (oldest first) whose total size fits ``budget_tokens``."""
+def memory_window(
+    turns: list[Turn], budget_tokens: int, size: Callable[[Turn], int] = lambda turn: estimate_tokens(turn.text)
+) -> list[Turn]:
+    """The most recent turns (oldest first) whose total ``size`` fits ``budget_tokens`` (by default
+    estimated from characters: what to load from the database; ``prompt_for`` measures again with
+    the model's tokenizer)."""
     kept: list[Turn] = []
     used = 0
     for turn in reversed(turns):
-        used += estimate_tokens(turn.text)
+        used += size(turn)
         if used > budget_tokens:
             break
         kept.insert(0, turn)
@@ -152,11 +157,14 @@ def prompt_for(
     Raises ``LLMRequestRejected`` if even the question alone does not fit."""
     budget = provider.context_tokens - provider.answer_tokens - PROMPT_MARGIN_TOKENS
     given = hits[: provider.max_prompt_sources or len(hits)]
-    turns = _memory_within(history, count, settings.MEMORY_WINDOW_TOKENS)
+    turns = memory_window(
+        history, settings.MEMORY_WINDOW_TOKENS, lambda turn: count([{"role": turn.role, "content": turn.text}])
+    )
     chars = provider.passage_chars if provider.brief_instructions else None
     while True:
         messages = _build(provider, question, turns, given, chars)
-        if count(messages) <= budget:
+        needed = count(messages)
+        if needed <= budget:
             return messages, given
         if turns:
             turns = turns[1:]
@@ -167,7 +175,7 @@ def prompt_for(
             given = [replace(given[0], text=cut)]
             chars = min(chars, len(cut)) if chars else None
         else:
-            raise LLMRequestRejected(f"the prompt needs {count(messages)} tokens; the model takes {budget}")
+            raise LLMRequestRejected(f"the prompt needs {needed} tokens; the model takes {budget}")
 
 
 def _build(
@@ -176,19 +184,6 @@ def _build(
     if provider.brief_instructions:
         return build_brief_messages(question, turns, given, chars or 300)
     return build_messages(question, turns, given)
-
-
-def _memory_within(history: list[Turn], count: PromptCounter, budget_tokens: int) -> list[Turn]:
-    """The most recent turns whose tokens add up to at most ``budget_tokens`` (the memory window
-    measured with the model's tokenizer; ``memory_window`` bounds what is loaded from the DB)."""
-    kept: list[Turn] = []
-    used = 0
-    for turn in reversed(history):
-        used += count([{"role": turn.role, "content": turn.text}])
-        if used > budget_tokens:
-            break
-        kept.insert(0, turn)
-    return kept
 
 
 _CITATION = re.compile(r"\[(\d{1,2})\]")

@@ -35,16 +35,7 @@ def ping() -> None:
     """Raise if Redis does not answer within the timeout (readiness)."""
     if not settings.REDIS_URL:
         raise RuntimeError("REDIS_URL is not set")
-    _shared_client(settings.REDIS_URL).ping()
-
-
-@lru_cache(maxsize=4)
-def _shared_client(url: str):
-    """One thread-safe client (and connection pool) per URL for the process: a probe every few
-    seconds must not open a new connection each time."""
-    import redis
-
-    return redis.Redis.from_url(url, **timeout_options())
+    sync_client().ping()
 
 
 def async_client():
@@ -73,9 +64,16 @@ class LocalFallback:
 
 
 def sync_client():
-    """A redis-py client for ``settings.REDIS_URL``, for code that runs outside an event loop."""
-    import redis
-
+    """The process's redis-py client for ``settings.REDIS_URL``, for code outside an event loop
+    (readiness, sign-out broadcasts): thread-safe, one connection pool, so a probe every few
+    seconds does not open a new connection each time."""
     if not settings.REDIS_URL:
         raise RuntimeError("REDIS_URL is not set")
-    return redis.Redis.from_url(settings.REDIS_URL, **timeout_options())
+    return _client_for(settings.REDIS_URL)
+
+
+@lru_cache(maxsize=4)
+def _client_for(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, **timeout_options())
