@@ -170,7 +170,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    uvicorn.run(f"bench.relay:{args.app}", host=args.host, port=args.port, **uvicorn_options(args.workers))
+    uvicorn.run(
+        f"bench.relay:{args.app}",
+        host=args.host,
+        port=args.port,
+        **(uvicorn_options(args.workers) | {"lifespan": "off"}),
+    )
 
 
 if __name__ == "__main__":

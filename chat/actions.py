@@ -49,6 +49,12 @@ def access_answer(user, answer_id: int) -> Message:
         raise NotFound("answer", answer_id) from None
 
 
+def finished_answer(user, answer_id: int) -> Message | None:
+    """The user's answer if it has its final state, else None (still pending)."""
+    answer = access_answer(user, answer_id)
+    return None if answer.status == Message.Status.PENDING else answer
+
+
 class SignedOut(ChatError):
     """The socket's session no longer signs its user in: signed out, password changed, deactivated."""
 
@@ -209,10 +215,11 @@ def answer_deadline_seconds() -> float:
     )
 
 
-def do_fail_abandoned_answers(older_than: float | None = None) -> int:
+def do_interrupt_abandoned_answers(older_than: float | None = None) -> int:
     """Answers still pending past any possible deadline were abandoned by a process that died
-    (killed, out of memory): give them a final status so nothing stays pending forever."""
+    (killed, out of memory): they are ``interrupted``, so nothing stays pending forever and the
+    browser offers to ask again."""
     cutoff = timezone.now() - timedelta(seconds=older_than if older_than is not None else answer_deadline_seconds())
     return Message.objects.filter(
         role=Message.Role.ASSISTANT, status=Message.Status.PENDING, updated_at__lt=cutoff
-    ).update(status=Message.Status.FAILED, error_code="interrupted", updated_at=timezone.now())
+    ).update(status=Message.Status.INTERRUPTED, error_code="abandoned", updated_at=timezone.now())

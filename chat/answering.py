@@ -1,8 +1,8 @@
 """One answer, end to end: wait for a slot → embed → retrieve → prompt → stream → persist.
 
 Everything per request lives in this coroutine's locals and an ``Answer`` object; nothing is stored
-on shared instances. Whatever happens (success, LLM error, stop, disconnect), the final state of
-the answer is written and, if the client is still there, a ``finish`` frame is sent.
+on shared instances. Whatever happens (success, LLM error, stop, server shutdown), the final state
+of the answer is written and a ``finish`` frame is sent to whoever listens (``live``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 Send = Callable[[protocol.OutgoingFrame], Awaitable[None]]
+Ending = tuple[str, str]  # (status, error_code) of an answer that was cancelled
 
 
 @dataclass
@@ -93,8 +94,15 @@ class RetrievalFailed(ChatError):
         )
 
 
-async def answer_question(user: AbstractBaseUser, asked: Asked, send: Send) -> Answer:
-    """Produce, stream and persist the answer to ``asked``; returns its final state."""
+def stopped() -> Ending:
+    return Message.Status.STOPPED, ""
+
+
+async def answer_question(
+    user: AbstractBaseUser, asked: Asked, send: Send, cancelled_as: Callable[[], Ending] = stopped
+) -> Answer:
+    """Produce, stream and persist the answer to ``asked``; returns its final state. If the task
+    is cancelled, ``cancelled_as()`` says why (stopped by the user, or interrupted)."""
     answer = Answer(asked)
     provider = get_provider()
     try:
@@ -102,7 +110,7 @@ async def answer_question(user: AbstractBaseUser, asked: Asked, send: Send) -> A
         if answer.status != Message.Status.DEGRADED:
             answer.status = Message.Status.COMPLETE
     except asyncio.CancelledError:
-        answer.status = Message.Status.STOPPED
+        answer.status, answer.error_code = cancelled_as()
         raise
     except Exception as exc:
         await _fail(answer, exc, send)

@@ -1,8 +1,9 @@
 """The chat WebSocket: parse → check → do → reply. The answer itself runs in ``answering``.
 
 State kept on the consumer is per connection (each WebSocket gets its own instance): the user and
-the answer tasks it started. Answers run as tasks so ``stop`` and disconnect can cancel them, and
-the cancellation reaches the HTTP call to the LLM.
+the answers it listens to. Answers run as tasks of their own (``live``): a disconnect only stops
+the listening, so an answer survives a network blip or a closed tab and the client that comes back
+follows it; ``stop`` cancels it, and the cancellation reaches the HTTP call to the LLM.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from documents import relevance
 from monitoring import metrics
 
 from . import protocol
-from .actions import Asked, SignedOut, access_answer, do_ask
+from .actions import Asked, SignedOut, access_answer, do_ask, finished_answer
 from .answering import answer_question
 from .errors import ChatError, InternalError
 from .janitor import janitor
+from .live import LiveAnswer, live_answers
 from .models import Message
 from .presence import sockets
 from .protocol import ProtocolError, check_frame
@@ -34,6 +36,7 @@ from .slots import user_generations
 logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_POLICY = 1008  # WebSocket's "policy violation": too many frames, or too many sockets
+CLOSE_SERVER_RESTART = 1012  # uvicorn closes every socket with it when the server shuts down
 
 
 class TooManyFrames(ChatError):
@@ -64,7 +67,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        self.tasks: dict[int, asyncio.Task] = {}
+        self.following: dict[int, LiveAnswer] = {}  # answers of this process this socket listens to
+        self.elsewhere: dict[int, asyncio.Task] = {}  # answers it follows from other processes
         self.closed = False
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -111,26 +115,31 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            # Server shutdown cancels the consumer without a disconnect: stop the answers here too,
-            # so each is saved as stopped before the process exits.
-            await self._stop_answers()
+            # Also when the server cancels the consumer without a disconnect: let go of the answers
+            # (they run on; the server's shutdown interrupts and saves them).
+            self._leave(capped=False)
+            await self._unregister()
 
     async def disconnect(self, code: int) -> None:
-        await self._stop_answers()
+        self._leave(capped=code != CLOSE_SERVER_RESTART)
+        await self._unregister()
 
-    async def _stop_answers(self) -> None:
+    def _leave(self, capped: bool) -> None:
+        """Stop listening to answers; they run on, detached (``live``)."""
+        self.closed = True
+        for live in getattr(self, "following", {}).values():
+            live_answers().detach(live, self.send_frame, capped=capped)
+        self.following = {}
+        for task in getattr(self, "elsewhere", {}).values():
+            task.cancel()
+
+    async def _unregister(self) -> None:
         if getattr(self, "counted", False):
             self.counted = False
             metrics.connection_closed()
         if getattr(self, "registered", False):
             self.registered = False
             await asyncio.shield(sockets().close(self))
-        self.closed = True
-        tasks = list(getattr(self, "tasks", {}).values())
-        for task in tasks:
-            task.cancel()
-        # Wait so every answer is persisted as stopped before the consumer goes away.
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         client_id: str | None = None
@@ -146,6 +155,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.handle_ask(frame)
             elif frame["type"] == "stop":
                 await self.handle_stop(frame)
+            elif frame["type"] == "follow":
+                await self.follow(frame["answer_id"])
             else:
                 await self.handle_ping(frame)
         except SignedOut as exc:
@@ -171,6 +182,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
             if recheck:
                 self.signed_in_at = time.monotonic()
+            if not asked.duplicate:  # registered before the ack: a follower may come at once
+                self.following[asked.answer_id] = live_answers().open(self.user_id, asked.answer_id, self.send_frame)
             await self.send_frame(
                 protocol.ack_frame(
                     frame["client_id"], asked.question_id, asked.answer_id, asked.conversation_id, asked.duplicate
@@ -181,42 +194,71 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise
         if asked.duplicate:
             await release()
-            await self._replay(asked)
+            await self.follow(asked.answer_id)  # a resent question: its answer, so far or finished
             return
         self._start_answer(asked, release)
 
     async def handle_stop(self, frame: protocol.StopFrame) -> None:
-        task = self.tasks.get(frame["answer_id"])
-        if task is None:
-            # Not running here: make sure it is the user's (else not found), then nothing to do.
-            await db_async(access_answer)(self.user, frame["answer_id"])
+        if live_answers().stop(self.user_id, frame["answer_id"]):
             return
-        task.cancel()
+        # Not running here: make sure it is the user's (else not found), then ask the process
+        # writing it, if any, to stop it.
+        answer = await db_async(access_answer)(self.user, frame["answer_id"])
+        if answer.status == Message.Status.PENDING:
+            await live_answers().request("stop", self.user_id, answer.pk)
+
+    def _unfollow(self, answer_id: int) -> None:
+        live = self.following.pop(answer_id, None)
+        if live is not None and self.send_frame in live.listeners:
+            live.listeners.remove(self.send_frame)
+        task = self.elsewhere.pop(answer_id, None)
+        if task is not None:
+            task.cancel()
 
     async def handle_ping(self, frame: protocol.PingFrame) -> None:
         await self.send_frame(protocol.pong_frame())
 
     def _start_answer(self, asked: Asked, release: Callable[[], Awaitable[None]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(asked, release))
-        self.tasks[asked.answer_id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(asked.answer_id, None))
+        self.following = {key: live for key, live in self.following.items() if not live.finished}
+        live = self.following[asked.answer_id]
+        live_answers().run(live, self._answer(live, asked, release))
 
-    async def _answer(self, asked: Asked, release: Callable[[], Awaitable[None]]) -> None:
+    async def _answer(self, live: LiveAnswer, asked: Asked, release: Callable[[], Awaitable[None]]) -> None:
         try:
-            await answer_question(self.user, asked, self.send_frame)
+            await answer_question(self.user, asked, live.publish, live.cancelled_as)
         finally:
             await asyncio.shield(release())  # the user's place, also when the answer is stopped
 
-    async def _replay(self, asked: Asked) -> None:
-        """A resent question: show the stored answer if it has finished."""
-        if asked.answer_id in self.tasks or asked.answer_status == Message.Status.PENDING:
+    async def follow(self, answer_id: int) -> None:
+        """Send the user's answer ``answer_id`` so far, then the rest as it is written: from this
+        process, from the process writing it, or from the database once it has finished."""
+        # Asked again by a socket that listens already (the page re-rendered the conversation):
+        # replay from the start all the same, so the page has the whole text.
+        self._unfollow(answer_id)
+        live = live_answers().get(self.user_id, answer_id)
+        if live is not None and live.replayable:
+            self.following[answer_id] = live
+            await live_answers().attach(live, self.send_frame)
             return
-        answer = await db_async(access_answer)(self.user, asked.answer_id)
-        await self.send_frame(protocol.finish_frame(answer))
+        answer = await db_async(access_answer)(self.user, answer_id)
+        if answer.status != Message.Status.PENDING:
+            await self.send_frame(protocol.finish_frame(answer))
+            return
+        await self.send_frame(protocol.resume_frame(answer_id))
+        final_state = db_async(finished_answer)
+        task = asyncio.get_running_loop().create_task(
+            live_answers().follow_elsewhere(
+                self.user_id, answer_id, self.send_frame, lambda: final_state(self.user, answer_id)
+            )
+        )
+        self.elsewhere[answer_id] = task
+        task.add_done_callback(
+            lambda done: self.elsewhere.pop(answer_id) if self.elsewhere.get(answer_id) is done else None
+        )
 
     async def send_frame(self, frame: protocol.OutgoingFrame) -> None:
         """Send unless the client has gone; a vanished client is not an error for the answer."""
-        if frame["type"] == "error":
+        if frame["type"] == "error" and "answer_id" not in frame:  # an answer's errors: ``live`` counts them
             metrics.record_error(frame["code"])
         if self.closed:
             return

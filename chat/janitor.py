@@ -10,7 +10,7 @@ import logging
 from common.aio import per_loop
 from common.db import db_async
 
-from .actions import do_fail_abandoned_answers
+from .actions import do_interrupt_abandoned_answers
 
 logger = logging.getLogger(__name__)
 SWEEP_EVERY = 60.0
@@ -27,9 +27,9 @@ class Janitor:
     async def _run(self) -> None:
         while True:
             try:
-                swept = await db_async(do_fail_abandoned_answers)()
+                swept = await db_async(do_interrupt_abandoned_answers)()
                 if swept:
-                    logger.warning("%s abandoned answer(s) marked failed (interrupted)", swept)
+                    logger.warning("%s abandoned answer(s) marked interrupted", swept)
             except Exception:
                 logger.exception("sweeping abandoned answers failed; will retry")
             await asyncio.sleep(SWEEP_EVERY)  # the sweep period

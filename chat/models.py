@@ -29,11 +29,12 @@ class Message(models.Model):
         STOPPED = "stopped"
         FAILED = "failed"
         DEGRADED = "degraded"
+        INTERRUPTED = "interrupted"  # the server stopped (restart, crash) while it was being written
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=10, choices=Role.choices)
     text = models.TextField(blank=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETE)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
     client_id = models.UUIDField(null=True, blank=True)
     reply_to = models.OneToOneField("self", null=True, blank=True, on_delete=models.CASCADE, related_name="reply")
     sources = models.JSONField(default=list, blank=True)

@@ -112,25 +112,22 @@ class Sockets:
 
     async def _keep_shared_state(self, client) -> None:
         """While sockets are open: say they still are, and hear sign-outs from other processes."""
-        pubsub = client.pubsub()
         next_refresh = 0.0
-        try:
-            while self.by_user:
-                try:
-                    if not pubsub.subscribed:
-                        await pubsub.subscribe(SIGN_OUT_CHANNEL)
-                    if time.monotonic() >= next_refresh:
-                        await self._refresh(client)
-                        next_refresh = time.monotonic() + REFRESH_SECONDS
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message and message.get("type") == "message":
-                        self.close_session(message["data"].decode())
-                except (RedisError, OSError):
-                    logger.warning("socket registry lost Redis; retrying in %ss", REFRESH_SECONDS / 4)
-                    await pubsub.reset()
-                    await asyncio.sleep(REFRESH_SECONDS / 4)  # back-off before reconnecting
-        finally:
-            await pubsub.aclose()
+
+        async def refresh_when_due() -> None:
+            nonlocal next_refresh
+            if time.monotonic() >= next_refresh:
+                await self._refresh(client)
+                next_refresh = time.monotonic() + REFRESH_SECONDS
+
+        await redis.listen(
+            client,
+            {SIGN_OUT_CHANNEL: lambda data: self.close_session(data.decode())},
+            lambda: bool(self.by_user),
+            what="socket registry",
+            tick=refresh_when_due,
+            retry_in=REFRESH_SECONDS / 4,
+        )
 
     async def _refresh(self, client) -> None:
         now = time.time()

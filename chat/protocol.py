@@ -40,11 +40,18 @@ class StopFrame(TypedDict):
     answer_id: int
 
 
+class FollowFrame(TypedDict):
+    """Send me this answer: what it has so far, then the rest as it comes (after a reconnect)."""
+
+    type: Literal["follow"]
+    answer_id: int
+
+
 class PingFrame(TypedDict):
     type: Literal["ping"]
 
 
-IncomingFrame = AskFrame | StopFrame | PingFrame
+IncomingFrame = AskFrame | StopFrame | FollowFrame | PingFrame
 
 
 def check_frame(text_data: str | None, bytes_data: bytes | None) -> IncomingFrame:
@@ -105,10 +112,18 @@ def check_storable(text: str) -> None:
 
 
 def check_stop(frame: dict[str, Any]) -> StopFrame:
+    return {"type": "stop", "answer_id": _answer_id(frame)}
+
+
+def check_follow(frame: dict[str, Any]) -> FollowFrame:
+    return {"type": "follow", "answer_id": _answer_id(frame)}
+
+
+def _answer_id(frame: dict[str, Any]) -> int:
     answer_id = frame.get("answer_id")
     if not _is_id(answer_id):
         raise ProtocolError("missing_field", "'answer_id' must be a positive integer.")
-    return {"type": "stop", "answer_id": answer_id}
+    return answer_id
 
 
 def check_ping(frame: dict[str, Any]) -> PingFrame:
@@ -123,6 +138,7 @@ def _is_id(value: Any) -> TypeGuard[int]:
 _CHECKERS: dict[str, Callable[[dict[str, Any]], IncomingFrame]] = {
     "ask": check_ask,
     "stop": check_stop,
+    "follow": check_follow,
     "ping": check_ping,
 }
 
@@ -171,6 +187,13 @@ class StatusFrame(TypedDict):
     stage: str
 
 
+class ResumeFrame(TypedDict):
+    """What follows is this answer from its beginning (a follower's replay): drop its text so far."""
+
+    type: Literal["resume"]
+    answer_id: int
+
+
 class DeltaFrame(TypedDict):
     type: Literal["delta"]
     answer_id: int
@@ -194,7 +217,9 @@ class PongFrame(TypedDict):
     type: Literal["pong"]
 
 
-OutgoingFrame = AckFrame | QueuedFrame | StartFrame | StatusFrame | DeltaFrame | FinishFrame | ErrorFrame | PongFrame
+OutgoingFrame = (
+    AckFrame | QueuedFrame | StartFrame | StatusFrame | ResumeFrame | DeltaFrame | FinishFrame | ErrorFrame | PongFrame
+)
 
 
 def ack_frame(client_id: str, question_id: int, answer_id: int, conversation_id: int, duplicate: bool) -> AckFrame:
@@ -218,6 +243,10 @@ def start_frame(answer_id: int, provider: str, model: str) -> StartFrame:
 
 def status_frame(answer_id: int, stage: str) -> StatusFrame:
     return {"type": "status", "answer_id": answer_id, "stage": stage}
+
+
+def resume_frame(answer_id: int) -> ResumeFrame:
+    return {"type": "resume", "answer_id": answer_id}
 
 
 def delta_frame(answer_id: int, text: str) -> DeltaFrame:

@@ -8,8 +8,10 @@ monitoring, rather than failing or stalling the chat.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
@@ -77,3 +79,37 @@ def _client_for(url: str):
     import redis
 
     return redis.Redis.from_url(url, **timeout_options())
+
+
+async def listen(
+    client,
+    handlers: dict[str, Callable[[bytes], object]],
+    wanted: Callable[[], bool],
+    *,
+    what: str,
+    tick: Callable[[], Awaitable[None]] | None = None,
+    retry_in: float = 5.0,
+) -> None:
+    """Stay subscribed to the channels of ``handlers`` while ``wanted()``, handing each message's
+    data to its channel's handler, and awaiting ``tick()`` about once a second. One such
+    subscription per process and purpose (never one per socket); when Redis drops it, it waits
+    ``retry_in`` seconds and subscribes again."""
+    from redis.exceptions import RedisError
+
+    pubsub = client.pubsub()
+    try:
+        while wanted():
+            try:
+                if not pubsub.subscribed:
+                    await pubsub.subscribe(*handlers)
+                if tick is not None:
+                    await tick()
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message and message.get("type") == "message":
+                    handlers[message["channel"].decode()](message["data"])
+            except (RedisError, OSError):
+                logger.warning("%s lost Redis; retrying in %ss", what, retry_in)
+                await pubsub.reset()
+                await asyncio.sleep(retry_in)  # back-off before reconnecting
+    finally:
+        await pubsub.aclose()

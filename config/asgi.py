@@ -19,16 +19,19 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 
 import chat.routing
+from chat.live import InterruptAnswersOnShutdown
 from chat.middleware import SocketAuthMiddlewareStack
 from monitoring.live import SamplerMiddleware
 
-application = SamplerMiddleware(
-    ProtocolTypeRouter(
-        {
-            "http": django_asgi_app,
-            "websocket": AllowedHostsOriginValidator(
-                SocketAuthMiddlewareStack(URLRouter(chat.routing.websocket_urlpatterns))
-            ),
-        }
+application = InterruptAnswersOnShutdown(
+    SamplerMiddleware(
+        ProtocolTypeRouter(
+            {
+                "http": django_asgi_app,
+                "websocket": AllowedHostsOriginValidator(
+                    SocketAuthMiddlewareStack(URLRouter(chat.routing.websocket_urlpatterns))
+                ),
+            }
+        )
     )
 )

@@ -47,6 +47,11 @@ UNSAVED_ANSWERS = Gauge(
     "Finished answers whose final write failed, being retried in the background",
     multiprocess_mode="livesum",
 )
+DETACHED_ANSWERS = Gauge(
+    "docchat_detached_answers",
+    "Answers being written with no client listening (their socket went away; only stop cancels)",
+    multiprocess_mode="livesum",
+)
 LOOP_LAG = Gauge(
     "docchat_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer (last sample)", multiprocess_mode="max"
 )
@@ -161,3 +166,16 @@ def answer_unsaved() -> None:
 
 def answer_saved_late() -> None:
     UNSAVED_ANSWERS.dec()
+
+
+def answer_detached() -> None:
+    DETACHED_ANSWERS.inc()
+
+
+def answer_reattached() -> None:
+    """A detached answer has a listener again, or has ended."""
+    DETACHED_ANSWERS.dec()
+
+
+def detached_answers() -> int:
+    return int(value(DETACHED_ANSWERS))

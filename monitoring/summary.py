@@ -39,6 +39,7 @@ async def build_summary(lag_since: float | None = None) -> dict:
             "websocket_connections": metrics.websocket_connections(),
             "active_generations": slots.active,
             "queued": slots.queued,
+            "detached": metrics.detached_answers(),
             "capacity": slots.capacity,
         },
         "jobs": await sync_to_async(job_counts)(),

@@ -5,9 +5,11 @@ Screenshots go to test-artifacts/.
 
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from chat.models import Message
 from tests.conftest import ARTIFACTS, make_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -95,24 +97,57 @@ def test_it_streams_cites_stops_reloads_and_reconnects_in_a_browser(page, web_se
     assert page.locator(".msg.assistant.stopped").count() == 1
     assert "Where do zebras migrate?" in page.locator(".sidebar").inner_text()
 
-    # server killed and restarted mid-answer: the client reconnects and shows the saved state
-    ask(page, "[[fake tokens=600 delay=0.05]] Zebras again, at length")
-    page.locator(".msg.assistant").nth(2).locator(".body").filter(has_text="You asked").wait_for()
+    # server restarted mid-answer: the answer is saved as interrupted with its partial text; the
+    # page reconnects, shows it so, and Retry asks the question again in the same conversation
+    ask(page, "[[fake tokens=150 delay=0.05]] Zebras again, at length")
+    third = page.locator(".msg.assistant").nth(2)
+    third.locator(".body").filter(has_text="You asked").wait_for()
     web_server.stop()
     page.locator("#connection.warn").wait_for()
     shot(page, "4-disconnected")
+    saved = in_thread(Message.objects.get, pk=int(third.get_attribute("data-id")))
+    assert saved.status == "interrupted" and saved.text.startswith("You asked")
     web_server.start()
     page.wait_for_selector("#connection.ok", timeout=30_000)
-    # Reconnected, the page reloaded the conversation from the server: all three questions are
-    # there. (That the server saves the interrupted answer as stopped is asserted at the protocol
-    # level by test_it_saves_streaming_answers_as_stopped_when_the_server_shuts_down.)
-    page.locator(".msg.user").nth(2).wait_for()
-    shot(page, "5-reconnected")
+    page.locator(".msg.assistant.interrupted .retry").wait_for()
     assert page.locator(".msg.user").count() == 3
-    shot(page, "5-reconnected")
-    ask(page, "Where do zebras migrate?")
+    assert "interrupted" in page.locator(".msg.assistant.interrupted .status").inner_text()
+    shot(page, "5-interrupted")
+    page.click(".msg.assistant.interrupted .retry")
     page.locator(".msg.assistant").nth(3).locator(".sources").wait_for()
-    shot(page, "6-after-restart")
+    assert page.locator(".msg.user").nth(3).inner_text().endswith("Zebras again, at length")
+    shot(page, "6-retried")
+
+
+def test_an_answer_survives_three_seconds_offline_and_completes_on_screen(page, fake_groq):
+    ask(page, "[[fake tokens=160 delay=0.05]] Where do zebras migrate?")  # ~8 s of tokens
+    answer = last_answer(page)
+    answer.locator(".body").filter(has_text="You asked").wait_for()
+    page.context.set_offline(True)
+    page.locator("#connection.warn").filter(has_text="offline").wait_for()
+    shot(page, "7-offline")
+    time.sleep(3)  # three seconds without network: the scenario itself
+    page.context.set_offline(False)
+    answer.locator(".sources").wait_for()  # finished on screen, with nothing clicked
+    saved = in_thread(Message.objects.get, pk=int(answer.get_attribute("data-id")))
+    assert saved.status == "complete" and fake_groq.fake.stats.requests == 1
+    assert answer.locator(".body").inner_text().split()[-1] == saved.text.split()[-1]
+    assert "total" in answer.locator(".status").inner_text()
+    shot(page, "8-back-online")
+
+
+def in_thread(function, *args, **kwargs):
+    """ORM work from a Playwright test: its sync API runs an event loop in this thread."""
+    from django.db import connections
+
+    def work():
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(work).result()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Stop and disconnect cancel the generation up to the HTTP call, and keep the partial answer."""
+"""Stop cancels the generation up to the HTTP call and keeps the partial answer; timeouts and
+broken streams end an answer clearly. (A disconnect does not cancel: test_answer_survival.)"""
 
 import asyncio
 
@@ -6,7 +7,6 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chat.models import Message
-from tests.conftest import streamed_text
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 LONG = "[[fake tokens=400 delay=0.02]] Where do zebras migrate?"
@@ -16,23 +16,6 @@ async def wait_for(condition, timeout=10.0):
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.02)  # polling the fake server's counters
-
-
-async def test_it_cancels_generation_when_the_client_disconnects(people, chat_client, fake_groq):
-    async with chat_client(people["alice"]) as client:
-        await client.ask(LONG)
-        ack = await client.receive()
-        frames = []
-        while len([f for f in frames if f["type"] == "delta"]) < 3:
-            frames.append(await client.receive())
-    # leaving the block disconnected the client mid-answer
-    await wait_for(lambda: fake_groq.fake.stats.disconnected == 1)
-    assert fake_groq.fake.stats.completed == 0
-
-    answer = await database_sync_to_async(Message.objects.get)(pk=ack["answer_id"])
-    assert answer.status == "stopped"
-    assert answer.text.startswith(streamed_text(frames))
-    assert 0 < len(answer.text.split()) < 400
 
 
 async def test_it_stops_on_request_and_keeps_the_partial_answer(people, chat_client, fake_groq):
@@ -85,39 +68,3 @@ async def test_it_reports_an_llm_http_error(people, chat_client):
         finish, _ = await client.until("finish")
     assert error["code"] == "llm_unavailable"
     assert finish["status"] == "degraded"
-
-
-@pytest.mark.slow
-async def test_it_saves_streaming_answers_as_stopped_when_the_server_shuts_down(people, fake_groq):
-    import json as jsonlib
-    import uuid
-
-    import websockets
-
-    from tests.conftest import LiveServer, session_cookie
-
-    server = await asyncio.to_thread(LiveServer(fake_groq).start)
-    cookie = await database_sync_to_async(session_cookie)(people["alice"])
-    try:
-        headers = {"Cookie": cookie.decode(), "Origin": server.url}
-        async with websockets.connect(server.url.replace("http", "ws") + "/ws/chat/", additional_headers=headers):
-            pass  # a page that was open before (a reload closes its socket first)
-        async with websockets.connect(server.url.replace("http", "ws") + "/ws/chat/", additional_headers=headers) as ws:
-            await ws.send(
-                jsonlib.dumps(
-                    {
-                        "type": "ask",
-                        "conversation_id": None,
-                        "client_id": str(uuid.uuid4()),
-                        "text": "[[fake tokens=600 delay=0.05]] Where do zebras migrate?",
-                    }
-                )
-            )
-            ack = jsonlib.loads(await ws.recv())
-            while jsonlib.loads(await ws.recv())["type"] != "delta":
-                pass
-            await asyncio.to_thread(server.stop)
-    finally:
-        await asyncio.to_thread(server.stop)
-    answer = await database_sync_to_async(Message.objects.get)(pk=ack["answer_id"])
-    assert answer.status == "stopped" and answer.text.startswith("You")

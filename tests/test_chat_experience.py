@@ -167,12 +167,12 @@ def test_it_gives_abandoned_answers_a_final_status(people):
 
     from django.utils import timezone
 
-    from chat.actions import do_fail_abandoned_answers, do_record_question
+    from chat.actions import do_interrupt_abandoned_answers, do_record_question
 
     asked = do_record_question(people["alice"], None, "What happened?", str(uuid.uuid4()))
     fresh = do_record_question(people["alice"], None, "Still going?", str(uuid.uuid4()))
     Message.objects.filter(pk=asked.answer_id).update(updated_at=timezone.now() - timedelta(hours=1))
-    assert do_fail_abandoned_answers() == 1
+    assert do_interrupt_abandoned_answers() == 1
     swept = Message.objects.get(pk=asked.answer_id)
-    assert swept.status == "failed" and swept.error_code == "interrupted"
+    assert swept.status == "interrupted" and swept.error_code == "abandoned"
     assert Message.objects.get(pk=fresh.answer_id).status == "pending"  # may still be answered

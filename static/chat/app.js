@@ -31,7 +31,7 @@
     messagesEl.appendChild(q); scrollIfFollowing(true);  // your own question always scrolls into view
     return q;
   }
-  function answerView(id) {
+  function answerView(id, question) {
     let a = state.answers.get(id);
     if (!a) {
       const box = el("div", "msg assistant"); box.dataset.id = id;
@@ -39,9 +39,10 @@
       const body = el("div", "body streaming");
       box.append(status, body);
       messagesEl.appendChild(box);
-      a = { el: box, status, body, text: "" };
+      a = { el: box, status, body, text: "", question: question || "" };
       state.answers.set(id, a);
     }
+    if (question) a.question = question;
     return a;
   }
   function showFinished(a, m) {
@@ -50,15 +51,27 @@
     a.el.classList.toggle("stopped", m.status === "stopped");
     a.el.classList.toggle("failed", m.status === "failed");
     a.el.classList.toggle("degraded", m.status === "degraded");
+    a.el.classList.toggle("interrupted", m.status === "interrupted");
     const t = m.timings || {};
     const parts = [];
-    if (m.status === "stopped") parts.push("stopped");
+    if (m.status === "stopped") parts.push("stopped" + (m.error_code === "detached_limit" ? " (too many answers running with no tab open)" : ""));
+    if (m.status === "interrupted") parts.push("interrupted: the server restarted while writing this answer");
     if (m.status === "failed") parts.push("failed" + (m.error_code ? " (" + m.error_code + ")" : ""));
     if (m.status === "degraded") parts.push("degraded: passages only, the model was unavailable (" + m.error_code + ")");
     if (t.first_token !== undefined) parts.push("first token " + t.first_token.toFixed(2) + " s");
     if (t.total !== undefined) parts.push("total " + t.total.toFixed(2) + " s");
     a.status.textContent = parts.join(" · ");
     renderSources(a, m.sources || [], m.text || "");
+    offerRetry(a, m.status === "interrupted" || m.status === "failed");
+  }
+  function offerRetry(a, wanted) {
+    a.el.querySelectorAll(".retry").forEach((b) => b.remove());
+    if (!wanted || !a.question) return;
+    const button = el("button", "retry", "Retry");
+    button.type = "button";
+    button.title = "Ask this question again in this conversation";
+    button.addEventListener("click", () => { button.disabled = true; ask(a.question); });
+    a.el.appendChild(button);
   }
   function renderSources(a, sources, text) {
     a.el.querySelectorAll(".sources").forEach((s) => s.remove());
@@ -94,14 +107,22 @@
   // --- protocol --------------------------------------------------------------------------------
   const handlers = {
     ack(m) {
+      const asked = state.pending.get(m.client_id);
       state.pending.delete(m.client_id);
       if (state.conversationId !== m.conversation_id) setConversation(m.conversation_id, null, true);
-      const a = answerView(m.answer_id);
+      const a = answerView(m.answer_id, asked && asked.text);
       if (!m.duplicate) { state.active.add(m.answer_id); updateStop(); }
       else a.status.textContent = "already asked; loading the answer…";
     },
     queued(m) { answerView(m.answer_id).status.textContent = "waiting for a free slot (position " + m.position + ")…"; },
     start(m) { answerView(m.answer_id).status.textContent = "searching your documents…"; },
+    resume(m) {
+      // What follows is this answer from its beginning (we reconnected, or another tab asked it).
+      const a = answerView(m.answer_id);
+      a.text = ""; a.body.textContent = ""; a.body.classList.add("streaming");
+      a.status.textContent = "still being answered…";
+      state.active.add(m.answer_id); updateStop();
+    },
     status(m) {
       const labels = { generating: "writing…", degraded: "the model is unavailable: showing the best passages instead" };
       answerView(m.answer_id).status.textContent = labels[m.stage] || m.stage;
@@ -130,6 +151,7 @@
   };
 
   function connect() {
+    if (state.ws && state.ws.readyState <= WebSocket.OPEN) return;  // connecting or connected
     const proto = location.protocol === "https:" ? "wss://" : "ws://";
     const ws = new WebSocket(proto + location.host + "/ws/chat/");
     state.ws = ws;
@@ -151,8 +173,9 @@
       if (ev.code === 4401 || (!opened && await loggedOut())) { location.href = "/login/?next=/"; return; }
       // 1008: too many frames, or too many open tabs; the error frame said which. Retry slowly.
       if (ev.code === 1008) state.backoff = Math.max(state.backoff, 10000);
-      badge.textContent = "reconnecting…"; badge.className = "badge warn";
       state.active.clear(); updateStop();
+      if (!navigator.onLine) { badge.textContent = "offline"; badge.className = "badge warn"; return; }  // "online" reconnects
+      badge.textContent = "reconnecting…"; badge.className = "badge warn";
       setTimeout(connect, state.backoff);
       state.backoff = Math.min(state.backoff * 2, 10000);
     };
@@ -164,6 +187,11 @@
       return r.type === "opaqueredirect" || r.status === 401 || r.status === 403;
     } catch (e) { return false; }
   }
+  // The network went away (a laptop changing networks, a phone in a tunnel): close now rather than
+  // wait minutes for TCP to notice. Answers keep being written on the server; back online, the
+  // page reloads the conversation and follows the answers still being written.
+  window.addEventListener("offline", () => { if (state.ws) state.ws.close(4000, "offline"); });
+  window.addEventListener("online", () => { state.backoff = 500; connect(); });
   function send(frame) { if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame)); }
 
   // --- conversations ---------------------------------------------------------------------------
@@ -180,19 +208,19 @@
     if (!r.ok) { setConversation(null, "New chat", false); return; }
     const data = await r.json();
     setConversation(data.id, data.title, false);
-    let unfinished = false;
+    let question = "";
     for (const m of data.messages) {
-      if (m.role === "user") { addQuestion(m.text); continue; }
-      const a = answerView(m.answer_id);
+      if (m.role === "user") { addQuestion(m.text); question = m.text; continue; }
+      const a = answerView(m.answer_id, question);
       if (m.status === "pending") {
-        a.status.textContent = "still being answered…"; unfinished = true; continue;
+        // Still being written (by this server or another, for this tab or another): follow it.
+        a.status.textContent = "still being answered…";
+        send({ type: "follow", answer_id: m.answer_id });
+        continue;
       }
       showFinished(a, m);
     }
     messagesEl.scrollTop = messagesEl.scrollHeight;
-    // An answer produced elsewhere (another tab, or a server that was going down) is not streamed
-    // to this page: look again until it has finished.
-    if (unfinished) setTimeout(() => { if (state.conversationId === id && !state.active.size) loadConversation(id); }, 2000);
   }
   async function refreshSidebar() {
     const q = $("conversation-search").value.trim();
@@ -238,13 +266,17 @@
   });
   $("new-chat").addEventListener("click", () => { setConversation(null, "New chat", false); input.focus(); });
 
+  function ask(text) {
+    const frame = { type: "ask", conversation_id: state.conversationId, text: text, client_id: uuid() };
+    state.pending.set(frame.client_id, frame);
+    addQuestion(text);
+    send(frame);
+  }
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = input.value.trim(); if (!text) return;
-    const frame = { type: "ask", conversation_id: state.conversationId, text: text, client_id: uuid() };
-    state.pending.set(frame.client_id, frame);
-    addQuestion(text); input.value = "";
-    send(frame);
+    input.value = "";
+    ask(text);
   });
   input.addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); form.requestSubmit(); } });
   stopBtn.addEventListener("click", () => { for (const id of state.active) send({ type: "stop", answer_id: id }); });

@@ -33,7 +33,7 @@
     set("pool-in-use", s.pool.in_use); set("pool-max", s.pool.max); set("pool-idle", s.pool.idle);
     set("pool-waiting", s.pool.waiting); set("pool-timeouts", s.pool.timeouts); set("pg-connections", s.pool.postgres_connections);
     set("active-generations", s.streams.active_generations); set("ws", s.streams.websocket_connections);
-    set("queued", s.streams.queued); set("capacity", s.streams.capacity); set("tps", s.tokens_per_second);
+    set("queued", s.streams.queued); set("detached", s.streams.detached); set("capacity", s.streams.capacity); set("tps", s.tokens_per_second);
     set("lag", s.loop_lag_ms.last); set("lag-max", s.loop_lag_ms.max);
     set("jobs-running", s.jobs.running); set("jobs-queued", s.jobs.queued); set("jobs-failed", s.jobs.failed_last_hour);
     set("errors", Object.entries(s.errors_by_code).map(([c, n]) => c + ": " + n).join("  ") || "none");

@@ -56,8 +56,10 @@ def uvicorn_options(workers: int) -> dict[str, Any]:
         # Answer frames are small and many: compressing each costs more CPU than it saves.
         ws_per_message_deflate=False,
         backlog=settings.LISTEN_BACKLOG,
-        lifespan="off",  # nothing to start: every heavy resource is created lazily
-        timeout_graceful_shutdown=10,  # answers in progress are saved as stopped first
+        # Nothing starts with the server (every heavy resource is created lazily); at shutdown,
+        # after the sockets close, the answers still running are saved as interrupted.
+        lifespan="on",
+        timeout_graceful_shutdown=10,
         # uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 unless told otherwise (and reads
         # its own FORWARDED_ALLOW_IPS variable): only the proxies configured in settings are believed.
         proxy_headers=bool(settings.FORWARDED_ALLOW_IPS),
