@@ -235,10 +235,20 @@ class LiveAnswers:
                     what="answer requests",
                 )
             )
+            # An answer that started while the subscription was winding down needs a new one.
+            self.listening.add_done_callback(self._listen_again_if_needed)
+
+    def _listen_again_if_needed(self, _: asyncio.Task) -> None:
+        if self.running():
+            self._listen_for_requests()
 
     def _on_request(self, data: bytes) -> None:
-        request = json.loads(data)
-        live = self.get(request["user_id"], request["answer_id"])
+        try:
+            request = json.loads(data)
+            live = self.get(int(request["user_id"]), int(request["answer_id"]))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed answer request on %s", REQUESTS_CHANNEL)
+            return
         if live is None or live.finished:
             return
         if request["op"] == "stop":

@@ -85,6 +85,22 @@ async def test_another_tab_follows_the_answer_and_its_stop_ends_it_for_both(peop
     await wait_for(lambda: fake_groq.fake.stats.disconnected == 1)  # the stop reached the model's stream
 
 
+async def test_following_an_answer_running_nowhere_here_waits_for_its_final_state(people, chat_client):
+    """Pending in the database but not written by this process (a process that is going down, or
+    one we cannot reach): the follower gets its final state once the database has it."""
+    from chat.actions import do_record_question
+
+    asked = await database_sync_to_async(do_record_question)(people["alice"], None, "Zebras?", str(uuid.uuid4()))
+    async with chat_client(people["alice"]) as tab:
+        await tab.send({"type": "follow", "answer_id": asked.answer_id})
+        assert (await tab.receive())["type"] == "resume"
+        await database_sync_to_async(Message.objects.filter(pk=asked.answer_id).update)(
+            status="interrupted", text="Zebras migr", error_code="server_restart"
+        )
+        finish = await tab.receive(timeout=10)
+    assert finish["type"] == "finish" and finish["status"] == "interrupted" and finish["text"] == "Zebras migr"
+
+
 async def test_bob_can_neither_follow_nor_stop_alices_answer(people, chat_client):
     async with chat_client(people["alice"]) as alice, chat_client(people["bob"]) as bob:
         await alice.ask("[[fake tokens=200 delay=0.02]] Where do zebras migrate?")
