@@ -173,6 +173,7 @@
       if (ev.code === 4401 || (!opened && await loggedOut())) { location.href = "/login/?next=/"; return; }
       // 1008: too many frames, or too many open tabs; the error frame said which. Retry slowly.
       if (ev.code === 1008) state.backoff = Math.max(state.backoff, 10000);
+      for (const id of state.active) answerView(id).status.textContent = "connection lost: the answer is still being written and will show when you are back…";
       state.active.clear(); updateStop();
       if (!navigator.onLine) { badge.textContent = "offline"; badge.className = "badge warn"; return; }  // "online" reconnects
       badge.textContent = "reconnecting…"; badge.className = "badge warn";
