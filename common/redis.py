@@ -109,7 +109,7 @@ async def listen(
                     handlers[message["channel"].decode()](message["data"])
             except (RedisError, OSError):
                 logger.warning("%s lost Redis; retrying in %ss", what, retry_in)
-                await pubsub.reset()
+                await pubsub.aclose()  # forgets the connection; the next subscribe takes a new one
                 await asyncio.sleep(retry_in)  # back-off before reconnecting
     finally:
         await pubsub.aclose()
