@@ -191,7 +191,7 @@ class _Pipeline:
             logger.exception("embedding failed")
             for item in touched:
                 self.waiting.remove(item)
-                item.document.mark_failed(f"internal error while ingesting ({type(exc).__name__})")
+                _mark_failed(item.document.pk, f"internal error while ingesting ({type(exc).__name__})")
                 self.claims.release(item.document.pk)
             return
         for (item, _), vector in zip(batch, vectors):
@@ -341,6 +341,11 @@ def do_replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: lis
     return True
 
 
+@transaction.atomic
 def _set_status(document: Document, status: str) -> None:
+    """Save ``document`` (the pipeline's copy) with ``status``; ``DoesNotExist`` when it was deleted
+    meanwhile: ``save()`` would insert a deleted document again, whose file is gone."""
+    if not Document.objects.select_for_update().filter(pk=document.pk).exists():
+        raise Document.DoesNotExist
     document.status = status
     document.save()

@@ -5,6 +5,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
 
@@ -92,9 +93,10 @@ class Document(models.Model):
         return self.status in IN_PROGRESS
 
     def mark_failed(self, reason: str) -> None:
-        """Failed with a one-line ``reason`` the uploader is shown; it can be retried."""
+        """Failed with a one-line ``reason`` the uploader is shown; it can be retried. A document
+        deleted meanwhile stays deleted (``save()`` would insert its row again)."""
         self.status, self.error = self.Status.FAILED, reason
-        self.save()
+        Document.objects.filter(pk=self.pk).update(status=self.status, error=reason, updated_at=timezone.now())
 
 
 class Chunk(models.Model):
