@@ -23,6 +23,7 @@ from monitoring import metrics
 from . import protocol
 from .actions import Asked, SignedOut, access_answer, do_ask
 from .answering import answer_question
+from .document_feed import document_feed
 from .errors import ChatError, InternalError
 from .janitor import janitor
 from .models import Message
@@ -82,6 +83,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.registered = True
         metrics.connection_opened()
         janitor().ensure_running()
+        document_feed().ensure_running()
         self.counted = True
 
     @property
@@ -168,6 +170,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 frame["conversation_id"],
                 frame["text"],
                 frame["client_id"],
+                frame["collection_ids"],
             )
             if recheck:
                 self.signed_in_at = time.monotonic()

@@ -27,6 +27,16 @@ class Collection(models.Model):
     )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="collections")
     is_public = models.BooleanField(default=False)
+    # Set on the one collection a user's own uploads from the chat page go to (created on their
+    # first upload; owned by them, not public). Only these documents' progress is pushed to a
+    # chat socket, to their owner's.
+    personal_of = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="personal_collection",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = CollectionQuerySet.as_manager()
