@@ -59,6 +59,8 @@ class DocumentFeed:
     async def _listen(self) -> None:
         params = await db_async(connection.get_connection_params)()
         params.pop("cursor_factory", None)  # Django's is a sync cursor
+        # Told apart from the pool's connections in pg_stat_activity (and in what counts them).
+        params["application_name"] = f"{params.get('application_name') or 'docchat'}-listener"[:63]
         async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
             self.backoff = BACKOFF_FIRST

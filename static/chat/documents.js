@@ -119,24 +119,40 @@
   }
 
   // --- uploading ---------------------------------------------------------------------------------
+  // At most UPLOADS_AT_ONCE requests at a time; the others wait in the list as "waiting to upload".
+  const UPLOADS_AT_ONCE = 3, waiting = [];
+  let sending = 0;
   function upload(files) {
     openPanel(true);
-    for (const file of files) send(file);
+    for (const file of files) {
+      const row = el("li", "doc uploading");
+      row.append(el("div", "doc-head"), el("div", "doc-status small", "waiting to upload…"));
+      row.firstChild.append(el("span", "doc-title", file.name));
+      list.prepend(row); $("docs-empty").hidden = true;
+      waiting.push([file, row]);
+    }
+    next();
   }
-  function send(file) {
-    const row = el("li", "doc uploading");
-    const label = el("span", "doc-title", file.name);
-    const status = el("div", "doc-status small", "uploading…");
+  function next() {
+    while (sending < UPLOADS_AT_ONCE && waiting.length) {
+      const [file, row] = waiting.shift();
+      sending++;
+      send(file, row, () => { sending--; renderList(); next(); });
+    }
+  }
+  function send(file, row, done) {
+    const status = row.querySelector(".doc-status");
     const bar = el("progress"); bar.max = 100; bar.value = 0;
-    status.append(" ", bar);
-    row.append(el("div", "doc-head"), status); row.firstChild.append(label);
-    list.prepend(row); $("docs-empty").hidden = true;
+    status.textContent = "uploading… "; status.append(bar);
     const max = state.quota ? state.quota.max_upload_bytes : Infinity;
-    if (file.size > max) { row.remove(); notice(file.name, "the file is larger than the " + size(max) + " limit."); return; }
+    if (file.size > max) {
+      row.remove(); notice(file.name, "the file is larger than the " + size(max) + " limit."); done(); return;
+    }
     const xhr = new XMLHttpRequest();  // fetch() cannot report upload progress
     xhr.open("POST", "/api/documents/");
     xhr.setRequestHeader("X-CSRFToken", chat.csrfToken());
     xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) bar.value = Math.round(100 * ev.loaded / ev.total); };
+    xhr.onloadend = done;
     xhr.onerror = () => { row.remove(); notice(file.name, "the upload did not reach the server; check the connection and retry."); };
     xhr.onload = () => {
       row.remove();
