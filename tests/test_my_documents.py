@@ -5,26 +5,32 @@ searches. One worker process serves the module (it loads the model once)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+import websockets
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
+from django.db import close_old_connections, connection
 from django.test import AsyncClient
 from django_tasks_db.models import DBTaskResult
 
+from common.db import db_async
 from documents.actions import do_add_document
 from documents.ingest import do_process_documents
 from documents.models import Chunk, Collection, Document
-from documents.personal import personal_collection
+from documents.personal import QuotaExceeded, do_add_personal_document, personal_collection
 from documents.progress import CHANNEL, notify_progress
-from tests.conftest import ARTIFACTS, ROOT, make_collection, make_user, subprocess_env
+from tests.conftest import ARTIFACTS, ROOT, LiveServer, make_collection, make_user, session_cookie, subprocess_env
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -41,17 +47,18 @@ def herons(colonies: int) -> str:
 
 
 HERONS = herons(14)
+WORKER_NAME = "docchat-test-worker"
 
 
 @pytest.fixture(scope="module")
-def worker_process(django_db_setup):
+def worker_process(django_db_setup, django_db_blocker):
     """``manage.py worker`` on this run's database, four chunks per engine call (progress shows)."""
     ARTIFACTS.mkdir(exist_ok=True)
     with (ARTIFACTS / "my-documents-worker.log").open("wb") as log:  # a pipe nobody reads would fill and block it
         process = subprocess.Popen(
             [sys.executable, "manage.py", "worker", "--no-startup-delay", "--interval", "0.2"],
             cwd=ROOT,
-            env=subprocess_env(INGEST_ENCODE_CHUNKS=4),
+            env=subprocess_env(INGEST_ENCODE_CHUNKS=4, DB_APPLICATION_NAME=WORKER_NAME),
             stdout=log,
             stderr=log,
         )
@@ -62,6 +69,10 @@ def worker_process(django_db_setup):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+    with django_db_blocker.unblock():  # its sessions end a moment after it: the test database is dropped next
+        deadline = time.monotonic() + 10
+        while _sessions(WORKER_NAME) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling pg_stat_activity
 
 
 @pytest.fixture
@@ -104,6 +115,12 @@ async def listening() -> None:
             await asyncio.sleep(0.05)  # polling pg_stat_activity for the LISTEN
 
 
+def _sessions(application_name: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [application_name])
+        return cursor.fetchone()[0]
+
+
 def _listener_pid() -> int | None:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -125,6 +142,17 @@ async def document_frames(client, document_id: int, until: str, timeout: float =
                 if frame["status"] == until:
                     return frames
                 assert frame["status"] != "failed", frame
+
+
+orm = database_sync_to_async  # it closes the thread's connection after each call
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def no_connection_left():
+    """The test client and the async ORM leave a connection checked out on asgiref's thread; closed
+    here, or the test database could not be dropped at the end."""
+    yield
+    await database_sync_to_async(close_old_connections)()
 
 
 def stored_files() -> set[Path]:
@@ -171,7 +199,7 @@ async def test_it_ingests_an_upload_in_the_worker_with_progress_on_its_owners_so
     assert (await bobs.get(f"/api/documents/{added['document_id']}/")).status_code == 404
     refused = await bobs.delete(f"/api/documents/{added['document_id']}/")
     assert refused.status_code == 404 and refused.json()["code"] == "not_found"
-    assert await Document.objects.filter(pk=added["document_id"]).aexists()
+    assert await orm(Document.objects.filter(pk=added["document_id"]).exists)()
 
     mine = (await (await signed_in(alice)).get("/api/documents/")).json()
     assert [(d["document_id"], d["status"]) for d in mine["documents"]] == [(added["document_id"], "ready")]
@@ -185,7 +213,7 @@ async def test_it_refuses_uploads_over_quota_too_large_or_unsupported_and_stores
     settings.MAX_UPLOAD_BYTES = 600
     first = await upload(alice, "first.txt", b"The first note is about tea. " * 10)
     assert first.status_code == 201
-    before = (await Document.objects.acount(), stored_files())
+    before = (await orm(Document.objects.count)(), stored_files())
 
     cases = [
         (("big.txt", b"x" * 601), 413, "file_too_large", "big.txt: the file is larger than the"),
@@ -197,7 +225,7 @@ async def test_it_refuses_uploads_over_quota_too_large_or_unsupported_and_stores
         response = await upload(alice, name, data)
         assert response.status_code == status, (name, response.content)
         assert response.json()["code"] == code and message in response.json()["error"], response.json()
-    assert (await Document.objects.acount(), stored_files()) == before
+    assert (await orm(Document.objects.count)(), stored_files()) == before
 
     again = await upload(alice, "copy.txt", b"The first note is about tea. " * 10)  # identical content
     assert again.status_code == 200 and again.json()["duplicate"] is True
@@ -205,7 +233,7 @@ async def test_it_refuses_uploads_over_quota_too_large_or_unsupported_and_stores
     over = await upload(alice, "third.txt", b"Cocoa.")
     assert over.status_code == 400 and over.json()["code"] == "quota_exceeded"
     assert over.json()["error"] == "You have 2 documents, the most you can keep is 2; delete one to add another."
-    assert await Document.objects.acount() == 2
+    assert await orm(Document.objects.count)() == 2
 
     client = await signed_in(alice)
     none = await client.post("/api/documents/", {})
@@ -217,15 +245,15 @@ async def test_it_refuses_uploads_over_quota_too_large_or_unsupported_and_stores
     strict = await signed_in(alice, enforce_csrf_checks=True)
     assert (await strict.post("/api/documents/", {"file": SimpleUploadedFile("c.txt", b"c")})).status_code == 403
     assert (await AsyncClient().get("/api/documents/")).status_code == 302  # to the login page
-    assert await Document.objects.acount() == 2
+    assert await orm(Document.objects.count)() == 2
     assert (await upload(bob, "tool.exe", b"MZ")).status_code == 415
-    assert not await Collection.objects.filter(personal_of=bob).aexists()  # not even an empty collection
+    assert not await orm(Collection.objects.filter(personal_of=bob).exists)()  # not even an empty collection
 
 
 async def test_it_stores_an_upload_with_a_hostile_name_under_a_safe_one(worker, alice):
     response = await upload(alice, "../../etc/" + "n" * 250 + "\x07.md", b"# Long\n\nA very long name.")
     assert response.status_code == 201, response.content
-    document = await Document.objects.aget(pk=response.json()["document"]["document_id"])
+    document = await orm(Document.objects.get)(pk=response.json()["document"]["document_id"])
     assert document.title == "n" * 250 + ".md"
     assert document.file.name.startswith("documents/") and ".." not in document.file.name
     assert Path(document.file.path).is_relative_to(Path(settings.MEDIA_ROOT)) and Path(document.file.path).is_file()
@@ -249,16 +277,16 @@ async def test_it_deletes_a_document_with_its_chunks_and_file(worker, alice, cha
         response = await upload(alice, "kettle.md", b"# Kettle\n\nDescale the office kettle every March.")
         document_id = response.json()["document"]["document_id"]
         await document_frames(socket, document_id, until="ready")
-        document = await Document.objects.aget(pk=document_id)
+        document = await orm(Document.objects.get)(pk=document_id)
         path = Path(document.file.path)
-        assert path.is_file() and await Chunk.objects.filter(document_id=document_id).acount() == 1
+        assert path.is_file() and await orm(Chunk.objects.filter(document_id=document_id).count)() == 1
 
         deleted = await (await signed_in(alice)).delete(f"/api/documents/{document_id}/")
         assert deleted.status_code == 204
         [frame] = await document_frames(socket, document_id, until="deleted")
     assert frame["document_id"] == document_id
-    assert not await Document.objects.filter(pk=document_id).aexists()
-    assert await Chunk.objects.filter(document_id=document_id).acount() == 0
+    assert not await orm(Document.objects.filter(pk=document_id).exists)()
+    assert await orm(Chunk.objects.filter(document_id=document_id).count)() == 0
     assert not path.exists()
 
 
@@ -296,7 +324,7 @@ async def test_it_searches_only_the_collections_a_conversation_chose(alice, bob,
         "handbook", bob, {"handbook.md": "# Handbook\n\nThe coffee machine is cleaned every Friday."}, tmp_path,
         public=True,
     )  # fmt: skip
-    secret = await Collection.objects.acreate(name="bob-secret", owner=bob)
+    secret = await orm(Collection.objects.create)(name="bob-secret", owner=bob)
     question = "When do the grey herons of Lake Ashdown build their nests?"
 
     async with chat_client(alice) as socket:
@@ -336,7 +364,7 @@ async def test_it_searches_only_the_collections_a_conversation_chose(alice, bob,
 
 async def test_it_listens_again_after_the_database_drops_its_listener(alice, chat_client):
     collection = await database_sync_to_async(personal_collection)(alice)
-    document = await Document.objects.acreate(collection=collection, title="waiting.md", sha256="0" * 64)
+    document = await orm(Document.objects.create)(collection=collection, title="waiting.md", sha256="0" * 64)
     async with chat_client(alice) as socket:
         await listening()
         first = await database_sync_to_async(_listener_pid)()
@@ -355,3 +383,78 @@ async def test_it_listens_again_after_the_database_drops_its_listener(alice, cha
 def _terminate(pid: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+async def test_it_tells_every_socket_of_the_owner_in_every_server_process_with_redis(
+    alice, bob, fake_groq, redis_server
+):
+    """Two server processes sharing Redis: each listens on its own, and the owner's sockets hear a
+    notice wherever they are; another user's socket hears nothing."""
+    server = await asyncio.to_thread(
+        LiveServer(fake_groq, REDIS_URL=redis_server["url"], WEB_CONCURRENCY=2, DB_APPLICATION_NAME="docchat-two").start
+    )
+    collection = await database_sync_to_async(personal_collection)(alice)
+    document = await orm(Document.objects.create)(collection=collection, title="shared.md", sha256="1" * 64)
+    url, cookies = server.url.replace("http", "ws") + "/ws/chat/", {}
+    for user in (alice, bob):
+        cookies[user.pk] = (await database_sync_to_async(session_cookie)(user)).decode()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = {
+                user.pk: [
+                    await stack.enter_async_context(
+                        websockets.connect(url, additional_headers={"Cookie": cookies[user.pk], "Origin": server.url})
+                    )
+                    for _ in range(6 if user is alice else 1)
+                ]
+                for user in (alice, bob)
+            }
+            await _every_process_listening(redis_server["client"], [alice.pk, bob.pk], "docchat-two-listener")
+            await database_sync_to_async(notify_progress)(document.pk)
+            for socket in sockets[alice.pk]:
+                frame = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                assert frame["type"] == "document" and frame["document_id"] == document.pk
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sockets[bob.pk][0].recv(), 0.5)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def _every_process_listening(redis_client, user_ids: list[int], application_name: str) -> None:
+    """Until each server process holding one of these users' sockets (named in Redis by the socket
+    registry, ``<process>:<socket>``) has its listener subscribed."""
+
+    def processes() -> int:
+        members = [m.decode() for user_id in user_ids for m in redis_client.zrange(f"docchat:sockets:{user_id}", 0, -1)]
+        return len({member.split(":")[0] for member in members})
+
+    def listeners() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND query = %s",
+                [application_name, f"LISTEN {CHANNEL}"],
+            )
+            return cursor.fetchone()[0]
+
+    async with asyncio.timeout(30):
+        while (await database_sync_to_async(listeners)()) < await asyncio.to_thread(processes):
+            await asyncio.sleep(0.05)  # polling pg_stat_activity for the processes' LISTEN
+
+
+async def test_it_lets_only_one_of_two_simultaneous_uploads_take_the_last_place(worker, alice, settings):
+    settings.USER_DOCUMENTS_MAX_FILES = 1
+    await database_sync_to_async(personal_collection)(alice)  # both race for the quota, not for creating it
+    barrier = threading.Barrier(2)
+
+    def add(name: str) -> str:
+        upload = SimpleUploadedFile(name, f"{name} is a short note.".encode())
+        barrier.wait()  # both at the check together
+        try:
+            do_add_personal_document(alice, upload)
+            return "added"
+        except QuotaExceeded:
+            return "refused"
+
+    outcomes = await asyncio.gather(*(db_async(add)(name) for name in ("one.txt", "two.txt")))
+    assert sorted(outcomes) == ["added", "refused"]
+    assert await orm(Document.objects.count)() == 1
