@@ -51,6 +51,11 @@
           else if (!read || rank(d) >= rank(read)) fresh.set(id, Object.assign({}, read, d));
         }
         state.documents = fresh; state.collections = data.collections; state.quota = data.quota;
+        if (state.chosen) {  // a collection no longer readable is no longer chosen (the server would refuse it)
+          const readable = new Set(data.collections.map((c) => c.collection_id));
+          const kept = state.chosen.filter((id) => readable.has(id));
+          state.chosen = kept.length ? kept : null;
+        }
         renderList(); renderScope();
       }
     } catch (e) { /* offline: the next (re)connection reads it again */ }
