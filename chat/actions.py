@@ -17,6 +17,8 @@ from django.contrib.auth import get_user
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from documents.models import Collection
+
 from .errors import ChatError, NotFound
 from .models import Conversation, Message
 from .prompting import Turn, memory_window
@@ -31,6 +33,7 @@ class Asked:
     duplicate: bool
     history: list[Turn] = field(default_factory=list)
     answer_status: str = Message.Status.PENDING
+    collection_ids: list[int] | None = None  # the conversation's choice (None: every readable collection)
 
 
 def access_conversation(user, conversation_id: int) -> Conversation:
@@ -74,12 +77,31 @@ def check_signed_in(session_key: str | None, user) -> None:
         raise SignedOut()
 
 
-def do_ask(recheck_session: str | None, user, conversation_id: int | None, text: str, client_id: str) -> Asked:
+def do_ask(
+    recheck_session: str | None,
+    user,
+    conversation_id: int | None,
+    text: str,
+    client_id: str,
+    collection_ids: list[int] | None = None,
+) -> Asked:
     """A question on a socket: still signed in (when given the session key to check again), then
     recorded, in one thread hop."""
     if recheck_session is not None:
         check_signed_in(recheck_session, user)
-    return do_record_question(user, conversation_id, text, client_id)
+    return do_record_question(user, conversation_id, text, client_id, collection_ids)
+
+
+def check_collections(user, collection_ids: list[int] | None) -> list[int] | None:
+    """``collection_ids`` when the user may read each of them (``NotFound`` names one they may
+    not); None or an empty list means every readable collection (None)."""
+    if not collection_ids:
+        return None
+    readable = set(Collection.objects.readable_by(user).filter(pk__in=collection_ids).values_list("pk", flat=True))
+    for collection_id in collection_ids:
+        if collection_id not in readable:
+            raise NotFound("collection", collection_id)
+    return collection_ids
 
 
 def title_from(question: str) -> str:
@@ -87,14 +109,17 @@ def title_from(question: str) -> str:
     return words if len(words) <= 60 else words[:59].rsplit(" ", 1)[0] + "…"
 
 
-def do_record_question(user, conversation_id: int | None, text: str, client_id: str) -> Asked:
+def do_record_question(
+    user, conversation_id: int | None, text: str, client_id: str, collection_ids: list[int] | None = None
+) -> Asked:
     """Persist the question and an empty answer before any work that can fail; a resent question
-    (same ``client_id``) returns the existing pair instead of a second one."""
+    (same ``client_id``) returns the existing pair instead of a second one. ``collection_ids``
+    chooses what a new conversation searches (an existing one keeps its choice)."""
     existing = _find_by_client_id(user, client_id)
     if existing is not None:
         return existing
-    if conversation_id is None:  # a new conversation: no history, nothing to check or lock
-        return _record_in_new_conversation(user, text, client_id)
+    if conversation_id is None:  # a new conversation: no history, nothing to lock
+        return _record_in_new_conversation(user, text, client_id, check_collections(user, collection_ids))
     try:
         with transaction.atomic():
             conversation = access_conversation(user, conversation_id)
@@ -112,7 +137,15 @@ def do_record_question(user, conversation_id: int | None, text: str, client_id: 
         if found is None:
             raise
         return found
-    return Asked(conversation.pk, question.pk, answer.pk, text, duplicate=False, history=history)
+    return Asked(
+        conversation.pk,
+        question.pk,
+        answer.pk,
+        text,
+        duplicate=False,
+        history=history,
+        collection_ids=conversation.collection_ids,
+    )
 
 
 # The first question of a conversation is most questions in a burst of new chats: one statement
@@ -124,8 +157,8 @@ _MESSAGE_COLUMNS = (
 )
 _NEW_CONVERSATION_SQL = f"""
 WITH conversation AS (
-    INSERT INTO {Conversation._meta.db_table} (user_id, title, created_at, updated_at)
-    VALUES (%(user)s, %(title)s, %(now)s, %(now)s) RETURNING id
+    INSERT INTO {Conversation._meta.db_table} (user_id, title, collection_ids, created_at, updated_at)
+    VALUES (%(user)s, %(title)s, %(collection_ids)s::bigint[], %(now)s, %(now)s) RETURNING id
 ), question AS (
     INSERT INTO {Message._meta.db_table} ({_MESSAGE_COLUMNS})
     SELECT id, %(user_role)s, %(text)s, %(complete)s, %(client_id)s, NULL, '[]'::jsonb, '{{}}'::jsonb, '', '', '',
@@ -139,10 +172,11 @@ FROM question RETURNING conversation_id, reply_to_id, id
 """
 
 
-def _record_in_new_conversation(user, text: str, client_id: str) -> Asked:
+def _record_in_new_conversation(user, text: str, client_id: str, collection_ids: list[int] | None) -> Asked:
     params = {
         "user": user.pk,
         "title": title_from(text),
+        "collection_ids": collection_ids,
         "now": timezone.now(),
         "text": text,
         "client_id": uuid.UUID(client_id),
@@ -154,7 +188,7 @@ def _record_in_new_conversation(user, text: str, client_id: str) -> Asked:
     with connection.cursor() as cursor:
         cursor.execute(_NEW_CONVERSATION_SQL, params)
         conversation_id, question_id, answer_id = cursor.fetchone()
-    return Asked(conversation_id, question_id, answer_id, text, duplicate=False)
+    return Asked(conversation_id, question_id, answer_id, text, duplicate=False, collection_ids=collection_ids)
 
 
 _FIND_BY_CLIENT_ID_SQL = f"""

@@ -199,7 +199,7 @@ async def _retrieve(user: AbstractBaseUser, answer: Answer) -> Retrieval:
             vector = await embed_query(query)
         answer.mark("embedding")
         async with breakers().guard("retrieval"):
-            retrieval = await db_async(retrieve)(user, query, vector)
+            retrieval = await db_async(retrieve)(user, query, vector, collections=answer.asked.collection_ids)
     except CircuitOpen as exc:
         raise RetrievalFailed(f"{exc.name} is paused after repeated failures", exc.retry_in) from None
     except TimeoutError:

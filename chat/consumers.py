@@ -24,6 +24,7 @@ from monitoring import metrics
 from . import protocol
 from .actions import Asked, SignedOut, access_answer, do_ask, finished_answer
 from .answering import answer_question
+from .document_feed import document_feed
 from .errors import ChatError, InternalError
 from .janitor import janitor
 from .live import LiveAnswer, live_answers
@@ -86,6 +87,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.registered = True
         metrics.connection_opened()
         janitor().ensure_running()
+        document_feed().ensure_running()
         self.counted = True
 
     @property
@@ -179,6 +181,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 frame["conversation_id"],
                 frame["text"],
                 frame["client_id"],
+                frame["collection_ids"],
             )
             if recheck:
                 self.signed_in_at = time.monotonic()

@@ -17,7 +17,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -25,6 +25,9 @@ from redis.exceptions import RedisError
 from common import redis
 from common.aio import per_loop
 from common.redis import LocalFallback
+
+if TYPE_CHECKING:
+    from .protocol import OutgoingFrame
 
 logger = logging.getLogger(__name__)
 SIGN_OUT_CHANNEL = "docchat:sign-out"
@@ -41,6 +44,9 @@ class Socket(Protocol):
 
     async def signed_out(self) -> None:
         """Tell the client its session ended, and close (4401)."""
+
+    async def send_frame(self, frame: OutgoingFrame) -> None:
+        """Send ``frame`` unless the client has gone (never raises for that)."""
 
 
 class Sockets:

@@ -33,6 +33,7 @@ class AskFrame(TypedDict):
     conversation_id: int | None
     text: str
     client_id: str
+    collection_ids: list[int] | None  # a new conversation searches only these (None: all readable)
 
 
 class StopFrame(TypedDict):
@@ -98,7 +99,30 @@ def check_ask(frame: dict[str, Any]) -> AskFrame:
     client_id = valid_uuid(frame.get("client_id"))
     if client_id is None:
         raise ProtocolError("missing_field", "'client_id' must be a UUID.")
-    return {"type": "ask", "conversation_id": conversation_id, "text": text.strip(), "client_id": client_id}
+    collection_ids = check_collection_ids(frame.get("collection_ids"))
+    return {
+        "type": "ask",
+        "conversation_id": conversation_id,
+        "text": text.strip(),
+        "client_id": client_id,
+        "collection_ids": collection_ids,
+    }
+
+
+MAX_COLLECTION_IDS = 50
+
+
+def check_collection_ids(value: Any) -> list[int] | None:
+    """The collections a conversation searches: a list of at most MAX_COLLECTION_IDS ids (repeats
+    dropped), or None for every readable one (also for an empty list)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_COLLECTION_IDS or not all(_is_id(v) for v in value):
+        raise ProtocolError(
+            "invalid_field",
+            f"'collection_ids' must be null or a list of at most {MAX_COLLECTION_IDS} positive integer ids.",
+        )
+    return list(dict.fromkeys(value)) or None
 
 
 def check_storable(text: str) -> None:
@@ -217,8 +241,30 @@ class PongFrame(TypedDict):
     type: Literal["pong"]
 
 
+class DocumentFrame(TypedDict):
+    """A step of one of the user's own documents (documents/progress.py); status ``deleted`` when
+    it is gone."""
+
+    type: Literal["document"]
+    document_id: int
+    title: str
+    status: str
+    chunks_done: int
+    chunks_total: int
+    error: str
+
+
 OutgoingFrame = (
-    AckFrame | QueuedFrame | StartFrame | StatusFrame | ResumeFrame | DeltaFrame | FinishFrame | ErrorFrame | PongFrame
+    AckFrame
+    | QueuedFrame
+    | StartFrame
+    | StatusFrame
+    | ResumeFrame
+    | DeltaFrame
+    | FinishFrame
+    | ErrorFrame
+    | PongFrame
+    | DocumentFrame
 )
 
 
@@ -286,3 +332,16 @@ def error_frame(error: ChatError, *, client_id: str | None = None, answer_id: in
 
 def pong_frame() -> PongFrame:
     return {"type": "pong"}
+
+
+def document_frame(event: dict[str, Any]) -> DocumentFrame:
+    """The frame of a progress notice (its owner's id is for routing, not sent)."""
+    return {
+        "type": "document",
+        "document_id": int(event["document_id"]),
+        "title": str(event.get("title") or ""),
+        "status": str(event["status"]),
+        "chunks_done": int(event.get("chunks_done") or 0),
+        "chunks_total": int(event.get("chunks_total") or 0),
+        "error": str(event.get("error") or ""),
+    }

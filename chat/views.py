@@ -12,11 +12,11 @@ from django.views.decorators.http import require_GET, require_http_methods
 from documents import relevance
 from documents.models import Collection
 
-from .actions import access_conversation
-from .errors import NotFound
+from .actions import access_conversation, check_collections
+from .errors import ChatError, NotFound
 from .llm import get_provider
 from .models import Conversation, Message
-from .protocol import answer_payload
+from .protocol import answer_payload, check_collection_ids
 
 MAX_TITLE = 200
 
@@ -50,7 +50,8 @@ def conversation_list(request):
 @login_required
 @require_http_methods(["GET", "PATCH", "DELETE"])
 def conversation_detail(request, conversation_id: int):
-    """GET the messages, PATCH ``{"title": ...}`` to rename, DELETE to delete (own only, else 404)."""
+    """GET the messages, PATCH ``{"title": ...}`` to rename and/or ``{"collection_ids": [...] | null}``
+    to choose what it searches, DELETE to delete (own only, else 404)."""
     try:
         conversation = access_conversation(request.user, conversation_id)
     except NotFound:
@@ -59,26 +60,40 @@ def conversation_detail(request, conversation_id: int):
         conversation.delete()
         return HttpResponse(status=204)
     if request.method == "PATCH":
-        return _rename(request, conversation)
+        return _change(request, conversation)
     return JsonResponse(
         {
             "id": conversation.pk,
             "title": conversation.title,
+            "collection_ids": conversation.collection_ids,
             "messages": _messages(conversation),
         }
     )
 
 
-def _rename(request, conversation: Conversation) -> JsonResponse:
+def _change(request, conversation: Conversation) -> JsonResponse:
     try:
-        title = json.loads(request.body or b"{}").get("title", "")
-    except (ValueError, AttributeError):
-        return JsonResponse({"error": 'send JSON like {"title": "..."}'}, status=400)
-    if not isinstance(title, str) or not title.strip():
-        return JsonResponse({"error": "the title must be a non-empty string"}, status=400)
-    conversation.title = " ".join(title.split())[:MAX_TITLE]
-    conversation.save(update_fields=["title", "updated_at"])
-    return JsonResponse({"id": conversation.pk, "title": conversation.title})
+        changes = json.loads(request.body or b"{}")
+    except ValueError:
+        changes = None
+    if not isinstance(changes, dict) or not {"title", "collection_ids"} & changes.keys():
+        return JsonResponse({"error": 'send JSON like {"title": "..."} or {"collection_ids": [1, 2]}'}, status=400)
+    if "title" in changes:
+        title = changes["title"]
+        if not isinstance(title, str) or not title.strip():
+            return JsonResponse({"error": "the title must be a non-empty string"}, status=400)
+        conversation.title = " ".join(title.split())[:MAX_TITLE]
+    if "collection_ids" in changes:
+        try:
+            conversation.collection_ids = check_collections(
+                request.user, check_collection_ids(changes["collection_ids"])
+            )
+        except ChatError as exc:
+            return JsonResponse({"error": exc.user_message, "code": exc.code}, status=400)
+    conversation.save(update_fields=["title", "collection_ids", "updated_at"])
+    return JsonResponse(
+        {"id": conversation.pk, "title": conversation.title, "collection_ids": conversation.collection_ids}
+    )
 
 
 def _messages(conversation: Conversation) -> list[dict]:

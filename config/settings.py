@@ -341,6 +341,10 @@ RETRIEVAL_MAX_QUERY_WORDS = env_int("RETRIEVAL_MAX_QUERY_WORDS", 32, minimum=1)
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 MAX_PDF_PAGES = env_int("MAX_PDF_PAGES", 2000, minimum=1)
+# What one user may keep in their personal collection (uploads from the chat page); each file is
+# also held to MAX_UPLOAD_BYTES.
+USER_DOCUMENTS_MAX_FILES = env_int("USER_DOCUMENTS_MAX_FILES", 50, minimum=1)
+USER_DOCUMENTS_MAX_BYTES = env_int("USER_DOCUMENTS_MAX_BYTES", 100 * 1024 * 1024, minimum=1)
 # A DOCX is a zip: refused when its parts would inflate beyond this (zip-bomb protection).
 MAX_DOCX_UNCOMPRESSED_BYTES = env_int("MAX_DOCX_UNCOMPRESSED_BYTES", 200 * 1024 * 1024, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # form fields; files stream to disk (below)

@@ -7,5 +7,6 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("monitoring.urls")),
+    path("", include("documents.urls")),
     path("", include("chat.urls")),
 ]

@@ -29,15 +29,21 @@ class AddResult:
 
 
 def do_add_document(
-    collection: Collection, name: str, content: File | bytes, *, source_path: str = "", enqueue: bool = True
+    collection: Collection,
+    name: str,
+    content: File | bytes,
+    *,
+    source_path: str = "",
+    enqueue: bool = True,
+    sha256: str = "",
 ) -> AddResult:
     """Register a file in ``collection`` (stored, ``pending``) and, if ``enqueue``, queue its
     processing. Identical content is not registered twice; a failed copy of it is retried.
 
-    ``content`` (an upload, an open file, or bytes) is hashed and stored in chunks, never held whole
-    in memory."""
+    ``content`` (an upload, an open file, or bytes) is hashed (unless its ``sha256`` is given) and
+    stored in chunks, never held whole in memory."""
     content = ContentFile(content) if isinstance(content, bytes) else content
-    digest = file_sha256(content)
+    digest = sha256 or file_sha256(content)
     existing = Document.objects.filter(collection=collection, sha256=digest).first()
     if existing is not None:
         if existing.status == Document.Status.FAILED and existing.file:

@@ -15,8 +15,9 @@ from .models import Chunk, Collection, Document
 
 @admin.register(Collection)
 class CollectionAdmin(admin.ModelAdmin):
-    list_display = ("name", "owner", "is_public", "document_count", "created_at")
+    list_display = ("name", "owner", "is_public", "personal_of", "document_count", "created_at")
     filter_horizontal = ("members",)
+    raw_id_fields = ("personal_of",)
     search_fields = ("name",)
 
     @admin.display(description="documents")

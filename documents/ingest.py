@@ -37,6 +37,7 @@ from .chunking import ChunkDraft
 from .claims import Claims
 from .extract import ExtractionError, mime_for
 from .models import Chunk, Document
+from .progress import notify_progress
 from .sandbox import Extracted, extract_in_child
 
 logger = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class _Pipeline:
             logger.exception("embedding failed")
             for item in touched:
                 self.waiting.remove(item)
-                item.document.mark_failed(f"internal error while ingesting ({type(exc).__name__})")
+                _mark_failed(item.document.pk, f"internal error while ingesting ({type(exc).__name__})")
                 self.claims.release(item.document.pk)
             return
         for (item, _), vector in zip(batch, vectors):
@@ -211,6 +212,7 @@ class _Pipeline:
             if len(item.vectors) < len(item.drafts):
                 # Progress doubles as the heartbeat that tells a live worker this job is not orphaned.
                 Document.objects.filter(pk=document.pk).update(chunks_done=len(item.vectors), updated_at=timezone.now())
+                notify_progress(document.pk)
             else:
                 self._store(item)
             if self.progress:
@@ -278,6 +280,7 @@ def _mark_failed(document_id: int, reason: str) -> None:
     document = Document.objects.filter(pk=document_id).first()
     if document is not None:  # not deleted meanwhile
         document.mark_failed(reason)
+        notify_progress(document_id)
 
 
 def _read(document: Document) -> bytes:
@@ -338,9 +341,16 @@ def do_replace_chunks(document: Document, drafts: list[ChunkDraft], vectors: lis
     document.status, document.error, document.chunks_done = Document.Status.READY, "", len(drafts)
     document.embedded_with = embedding.engine_id()
     document.save()
+    notify_progress(document.pk)
     return True
 
 
+@transaction.atomic
 def _set_status(document: Document, status: str) -> None:
+    """Save ``document`` (the pipeline's copy) with ``status``; ``DoesNotExist`` when it was deleted
+    meanwhile: ``save()`` would insert a deleted document again, whose file is gone."""
+    if not Document.objects.select_for_update().filter(pk=document.pk).exists():
+        raise Document.DoesNotExist
     document.status = status
     document.save()
+    notify_progress(document.pk)

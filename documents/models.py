@@ -5,6 +5,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
 
@@ -26,6 +27,16 @@ class Collection(models.Model):
     )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="collections")
     is_public = models.BooleanField(default=False)
+    # Set on the one collection a user's own uploads from the chat page go to (created on their
+    # first upload; owned by them, not public). Only these documents' progress is pushed to a
+    # chat socket, to their owner's.
+    personal_of = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="personal_collection",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = CollectionQuerySet.as_manager()
@@ -92,9 +103,10 @@ class Document(models.Model):
         return self.status in IN_PROGRESS
 
     def mark_failed(self, reason: str) -> None:
-        """Failed with a one-line ``reason`` the uploader is shown; it can be retried."""
+        """Failed with a one-line ``reason`` the uploader is shown; it can be retried. A document
+        deleted meanwhile stays deleted (``save()`` would insert its row again)."""
         self.status, self.error = self.Status.FAILED, reason
-        self.save()
+        Document.objects.filter(pk=self.pk).update(status=self.status, error=reason, updated_at=timezone.now())
 
 
 class Chunk(models.Model):

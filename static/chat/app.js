@@ -10,6 +10,17 @@
     answers: new Map(),   // answer_id -> {el, text}
     active: new Set(),    // answer ids still streaming
   };
+  // The hooks other scripts of the page use (static/chat/documents.js): frames of other types,
+  // the socket (re)opening, the conversation changing, and fields added to an ask that starts one.
+  const hooks = { frames: {}, open: [], conversation: [] };
+  window.docchat = {
+    onFrame(type, fn) { hooks.frames[type] = fn; },
+    onOpen(fn) { hooks.open.push(fn); },
+    onConversation(fn) { hooks.conversation.push(fn); },
+    conversationId() { return state.conversationId; },
+    csrfToken() { return csrfToken(); },
+    newConversationFields() { return {}; },
+  };
 
   function uuid() {
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
@@ -161,10 +172,11 @@
       state.backoff = 500;
       if (state.conversationId) loadConversation(state.conversationId);
       for (const frame of state.pending.values()) ws.send(JSON.stringify(frame));
+      hooks.open.forEach((fn) => fn());
     };
     ws.onmessage = (ev) => {
       let m; try { m = JSON.parse(ev.data); } catch (e) { return; }
-      const h = handlers[m.type]; if (h) h(m);
+      const h = handlers[m.type] || hooks.frames[m.type]; if (h) h(m);
     };
     let opened = false;
     ws.addEventListener("open", () => { opened = true; });
@@ -196,19 +208,21 @@
   function send(frame) { if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame)); }
 
   // --- conversations ---------------------------------------------------------------------------
-  function setConversation(id, title, keepMessages) {
+  // collectionIds: what the conversation searches (null: all readable; undefined: not known here).
+  function setConversation(id, title, keepMessages, collectionIds) {
     state.conversationId = id;
     if (id) history.replaceState(null, "", "#c" + id); else history.replaceState(null, "", location.pathname);
     if (title !== null) titleEl.textContent = title || "New chat";
     $("rename").hidden = $("delete").hidden = !id;
     document.querySelectorAll(".conversation").forEach((c) => c.classList.toggle("current", Number(c.dataset.id) === id));
     if (!keepMessages) { messagesEl.innerHTML = ""; state.answers.clear(); }
+    hooks.conversation.forEach((fn) => fn(id, collectionIds));
   }
   async function loadConversation(id) {
     const r = await fetch("/api/conversations/" + id + "/", { credentials: "same-origin" });
     if (!r.ok) { setConversation(null, "New chat", false); return; }
     const data = await r.json();
-    setConversation(data.id, data.title, false);
+    setConversation(data.id, data.title, false, data.collection_ids);
     let question = "";
     for (const m of data.messages) {
       if (m.role === "user") { addQuestion(m.text); question = m.text; continue; }
@@ -269,6 +283,7 @@
 
   function ask(text) {
     const frame = { type: "ask", conversation_id: state.conversationId, text: text, client_id: uuid() };
+    if (!state.conversationId) Object.assign(frame, window.docchat.newConversationFields());
     state.pending.set(frame.client_id, frame);
     addQuestion(text);
     send(frame);
