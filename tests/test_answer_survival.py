@@ -149,6 +149,12 @@ async def next_frame(ws, kind: str) -> tuple[dict, list[dict]]:
                 return frames[-1], frames
 
 
+async def signed_in_headers(server: LiveServer, user) -> dict[str, str]:
+    """What a signed-in browser on ``server``'s page sends with its WebSocket handshake."""
+    cookie = (await database_sync_to_async(session_cookie)(user)).decode()
+    return {"Cookie": cookie, "Origin": server.url}
+
+
 def ask_frame(text: str, conversation_id: int | None = None) -> str:
     return json.dumps({"type": "ask", "conversation_id": conversation_id, "client_id": str(uuid.uuid4()), "text": text})
 
@@ -157,9 +163,8 @@ def ask_frame(text: str, conversation_id: int | None = None) -> str:
 async def test_an_answer_started_on_one_server_process_streams_on_from_another(people, fake_groq, redis_server):
     shared = {"REDIS_URL": redis_server["url"], "WEB_CONCURRENCY": 1}
     a, b = await asyncio.gather(*(asyncio.to_thread(LiveServer(fake_groq, **shared).start) for _ in range(2)))
-    cookie = (await database_sync_to_async(session_cookie)(people["alice"])).decode()
+    headers = await signed_in_headers(a, people["alice"])
     try:
-        headers = {"Cookie": cookie, "Origin": a.url}
         async with websockets.connect(ws_url(a), additional_headers=headers) as on_a:
             await on_a.send(ask_frame(LONG))
             ack, _ = await next_frame(on_a, "ack")
@@ -191,10 +196,9 @@ async def test_an_answer_started_on_one_server_process_streams_on_from_another(p
 @pytest.mark.slow
 async def test_a_server_restart_leaves_the_answer_interrupted_and_asking_again_works(people, fake_groq):
     server = await asyncio.to_thread(LiveServer(fake_groq).start)
-    cookie = (await database_sync_to_async(session_cookie)(people["alice"])).decode()
+    headers = await signed_in_headers(server, people["alice"])
     question = "[[fake tokens=600 delay=0.05]] Where do zebras migrate?"
     try:
-        headers = {"Cookie": cookie, "Origin": server.url}
         async with websockets.connect(ws_url(server), additional_headers=headers) as ws:
             await ws.send(ask_frame(question))
             ack, _ = await next_frame(ws, "ack")

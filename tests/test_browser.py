@@ -36,16 +36,22 @@ def browser():
 
 @pytest.fixture
 def page(people, web_server, browser):  # ORM work first: Playwright runs a loop in this thread
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = signed_in_page(browser, web_server.url, "alice", {"width": 1280, "height": 800}, 30_000)
+    yield page
+    page.context.close()
+
+
+def signed_in_page(browser, url: str, username: str, viewport: dict, timeout_ms: int):
+    """A new browser context's page, signed in as ``username`` (password: make_user's) on the chat."""
+    context = browser.new_context(viewport=viewport)
     page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(web_server.url + "/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "alice-pass-123")
+    page.set_default_timeout(timeout_ms)
+    page.goto(url + "/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", f"{username}-pass-123")
     page.click("button[type=submit]")
     page.wait_for_selector("#connection.ok")
-    yield page
-    context.close()
+    return page
 
 
 def ask(page, text: str) -> None:

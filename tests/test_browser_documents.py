@@ -11,7 +11,7 @@ import pytest
 from documents.models import Collection
 from tests import test_browser
 from tests.conftest import ARTIFACTS, ROOT, make_user, subprocess_env
-from tests.test_browser import ask, last_answer, shot
+from tests.test_browser import ask, last_answer, shot, signed_in_page
 from tests.test_my_documents import herons
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -56,14 +56,8 @@ def worker(transactional_db):
 def test_it_uploads_shows_progress_answers_from_and_deletes_my_documents_in_a_browser(
     alice, web_server, worker, browser, tmp_path
 ):
-    context = browser.new_context(viewport={"width": 1400, "height": 860})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(web_server.url + "/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "alice-pass-123")
-    page.click("button[type=submit]")
-    page.wait_for_selector("#connection.ok")
+    page = signed_in_page(browser, web_server.url, "alice", {"width": 1400, "height": 860}, 60_000)
+    context = page.context
 
     page.click("#docs-toggle")
     page.locator("#docs-empty").wait_for()
