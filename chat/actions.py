@@ -218,7 +218,8 @@ def _history(conversation: Conversation) -> list[Turn]:
     recent = (
         Message.objects.filter(conversation=conversation)
         .exclude(text="")
-        .exclude(role=Message.Role.ASSISTANT, status=Message.Status.FAILED)
+        # A failed or interrupted answer is cut off: the model must not take it for a whole reply.
+        .exclude(role=Message.Role.ASSISTANT, status__in=[Message.Status.FAILED, Message.Status.INTERRUPTED])
         .order_by("-created_at", "-id")
         .values_list("role", "text")[:20]
     )

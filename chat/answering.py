@@ -94,8 +94,11 @@ class RetrievalFailed(ChatError):
         )
 
 
+STOPPED: Ending = (Message.Status.STOPPED, "")
+
+
 def stopped() -> Ending:
-    return Message.Status.STOPPED, ""
+    return STOPPED
 
 
 async def answer_question(

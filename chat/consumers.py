@@ -172,6 +172,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_ask(self, frame: protocol.AskFrame) -> None:
         release = await user_generations().acquire(self.user.pk)
+        asked: Asked | None = None
         try:
             await question_limiter().check(self.user.pk)
             recheck = time.monotonic() - self.signed_in_at >= settings.SESSION_RECHECK_SECONDS
@@ -194,6 +195,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
         except BaseException:
             await release()
+            if asked is not None and not asked.duplicate and asked.answer_id in self.following:  # never to run
+                live_answers().discard(self.following.pop(asked.answer_id))
             raise
         if asked.duplicate:
             await release()

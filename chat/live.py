@@ -37,14 +37,14 @@ from common.aio import per_loop
 from monitoring import metrics
 
 from . import protocol
-from .answering import Ending
+from .answering import STOPPED, Ending
 from .models import Message
 
 logger = logging.getLogger(__name__)
 Listener = Callable[[protocol.OutgoingFrame], Awaitable[None]]
 REQUESTS_CHANNEL = "docchat:answers"  # {"op": "follow" | "stop", "answer_id": ..., "user_id": ...}
 ASK_AGAIN_EVERY = 2.0  # a follower repeats its mirror request (pub/sub may drop one)
-STOPPED: Ending = (Message.Status.STOPPED, "")
+CHECK_DATABASE_EVERY = 2.0  # while no frame comes, a follower looks for the answer's final state
 SERVER_RESTART: Ending = (Message.Status.INTERRUPTED, "server_restart")
 DETACHED_LIMIT: Ending = (Message.Status.STOPPED, "detached_limit")
 
@@ -60,10 +60,12 @@ class LiveAnswer:
         self.user_id = user_id
         self.answer_id = answer_id
         self.listeners: list[Listener] = []  # sockets of this process following it
-        self.mirrors: list[Listener] = []  # Redis streams for followers in other processes
+        # Its frames for the Redis stream a follower in another process reads (None at the end).
+        self.mirror: asyncio.Queue[protocol.OutgoingFrame | None] | None = None
         self.task: asyncio.Task | None = None
         self.finished = False
-        self.detached = False
+        self.cancelling = False
+        self.detached_since: float | None = None  # when its last listener went away
         # Cancelled without a stated reason (the loop closing under it): it did not finish.
         self.ending: Ending = (Message.Status.INTERRUPTED, "interrupted")
         self._log: list[protocol.OutgoingFrame] = []
@@ -81,8 +83,15 @@ class LiveAnswer:
     def cancelled_as(self) -> Ending:
         return self.ending
 
+    @property
+    def detached(self) -> bool:
+        return self.detached_since is not None
+
     def cancel(self, ending: Ending) -> None:
-        if self.task is not None and not self.task.done():
+        """Cancel the answer, once: a second cancel (a double click on Stop, the shutdown after a
+        stop) would hit it while it saves its final state and lose its ``finish`` frame."""
+        if self.task is not None and not self.task.done() and not self.cancelling:
+            self.cancelling = True
             self.ending = ending
             self.task.cancel()
 
@@ -92,10 +101,30 @@ class LiveAnswer:
             metrics.record_error(frame["code"])  # once, however many listen (or none)
         async with self._lock:
             self._record(frame)
-            for listener in (*self.listeners, *self.mirrors):
+            if self.mirror is not None:
+                self.mirror.put_nowait(frame)  # the answer never waits for Redis
+            for listener in list(self.listeners):
                 await listener(frame)
 
-    async def follow(self, listener: Listener, *, mirror: bool = False) -> None:
+    def open_mirror(self) -> asyncio.Queue[protocol.OutgoingFrame | None] | None:
+        """A queue of this answer's frames for a Redis stream: ``resume`` and the answer so far at
+        once, then each new frame, then None when it ends. None if one is open already (one
+        stream per answer serves every follower)."""
+        if self.mirror is not None or self.finished:
+            return None
+        # No await from here to the end: no frame can slip between the replay and the next one.
+        self.mirror = asyncio.Queue()
+        for frame in (protocol.resume_frame(self.answer_id), *self._replay()):
+            self.mirror.put_nowait(frame)
+        return self.mirror
+
+    def ended(self) -> None:
+        self.finished = True
+        self.listeners.clear()
+        if self.mirror is not None:
+            self.mirror.put_nowait(None)
+
+    async def follow(self, listener: Listener) -> None:
         """Replay the answer so far to ``listener`` (after a ``resume``), then keep it listening
         until the answer finishes; a finished answer is its ``finish`` frame alone."""
         async with self._lock:
@@ -106,7 +135,7 @@ class LiveAnswer:
             await listener(protocol.resume_frame(self.answer_id))
             for frame in self._replay():
                 await listener(frame)
-            (self.mirrors if mirror else self.listeners).append(listener)
+            self.listeners.append(listener)
 
     def _record(self, frame: protocol.OutgoingFrame) -> None:
         if frame["type"] == "delta":
@@ -155,12 +184,15 @@ class LiveAnswers:
         try:
             await work
         finally:
-            live.finished = True
-            live.listeners.clear()
-            if live.detached:
-                live.detached = False
-                metrics.answer_reattached()
+            live.ended()
+            self._reattached(live)
             asyncio.get_running_loop().call_later(settings.ANSWER_REPLAY_SECONDS, self._forget, live)
+
+    def discard(self, live: LiveAnswer) -> None:
+        """An answer opened but never run (its socket was cancelled before its ack went out)."""
+        live.ended()
+        self._reattached(live)
+        self._forget(live)
 
     def _forget(self, live: LiveAnswer) -> None:
         if self.answers.get(live.answer_id) is live:
@@ -171,27 +203,40 @@ class LiveAnswers:
         return live if live is not None and live.user_id == user_id else None
 
     async def attach(self, live: LiveAnswer, listener: Listener) -> None:
-        if live.detached:
-            live.detached = False
-            metrics.answer_reattached()
+        self._reattached(live)
         await live.follow(listener)
 
+    def _reattached(self, live: LiveAnswer) -> None:
+        if live.detached:
+            live.detached_since = None
+            metrics.answer_reattached()
+
     def detach(self, live: LiveAnswer, listener: Listener, *, capped: bool = True) -> None:
-        """``listener`` (a socket) went away. The answer runs on; if nobody listens any more and
-        the user has too many such answers, this one is stopped (unless the server is going
-        down: ``capped=False``, the shutdown interrupts them all)."""
+        """``listener`` (a socket) went away; the answer runs on. If nobody listens any more, the
+        user's answers still detached ``DETACHED_ANSWER_GRACE_SECONDS`` later are capped (a
+        network blip does not stop anything; ``capped=False`` when the server is going down, whose
+        shutdown interrupts them all)."""
         if listener in live.listeners:
             live.listeners.remove(listener)
-        if live.listeners or live.finished or live.detached:
+        if live.listeners or live.finished or live.detached or live.mirror is not None:
             return
-        live.detached = True
+        live.detached_since = time.monotonic()
         metrics.answer_detached()
-        if capped and self._detached_count(live.user_id) > settings.MAX_DETACHED_ANSWERS_PER_USER:
-            logger.info("answer %s stopped: user %s has too many detached answers", live.answer_id, live.user_id)
-            live.cancel(DETACHED_LIMIT)
+        if capped:
+            grace = settings.DETACHED_ANSWER_GRACE_SECONDS
+            asyncio.get_running_loop().call_later(grace, self._cap_detached, live.user_id, grace)
 
-    def _detached_count(self, user_id: int) -> int:
-        return sum(1 for live in self.answers.values() if live.user_id == user_id and live.detached)
+    def _cap_detached(self, user_id: int, grace: float) -> None:
+        """Stop the user's newest answers detached for ``grace`` seconds beyond the cap."""
+        settled = time.monotonic() - grace
+        detached = sorted(
+            (live for live in self.running() if live.user_id == user_id and live.detached and not live.cancelling),
+            key=lambda live: live.detached_since or 0.0,
+        )
+        for live in detached[settings.MAX_DETACHED_ANSWERS_PER_USER :]:
+            if (live.detached_since or 0.0) <= settled:
+                logger.info("answer %s stopped: user %s left too many answers running", live.answer_id, user_id)
+                live.cancel(DETACHED_LIMIT)
 
     def running(self) -> list[LiveAnswer]:
         return [live for live in self.answers.values() if not live.finished]
@@ -245,37 +290,34 @@ class LiveAnswers:
     def _on_request(self, data: bytes) -> None:
         try:
             request = json.loads(data)
-            live = self.get(int(request["user_id"]), int(request["answer_id"]))
+            op, live = request["op"], self.get(int(request["user_id"]), int(request["answer_id"]))
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed answer request on %s", REQUESTS_CHANNEL)
             return
         if live is None or live.finished:
             return
-        if request["op"] == "stop":
+        if op == "stop":
             live.cancel(STOPPED)
-        elif request["op"] == "follow" and not live.mirrors:
-            task = asyncio.get_running_loop().create_task(self._mirror(live))
+        elif op == "follow" and (queue := live.open_mirror()) is not None:
+            self._reattached(live)  # someone follows it from another process
+            task = asyncio.get_running_loop().create_task(self._mirror(live, queue))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _mirror(self, live: LiveAnswer) -> None:
-        """Write the answer's log, then its frames, to its Redis stream until it finishes."""
+    async def _mirror(self, live: LiveAnswer, queue: asyncio.Queue[protocol.OutgoingFrame | None]) -> None:
+        """Write the answer's frames to its Redis stream until it ends."""
         assert self.shared is not None
-        queue: asyncio.Queue[protocol.OutgoingFrame] = asyncio.Queue()
-
-        async def put(frame: protocol.OutgoingFrame) -> None:
-            queue.put_nowait(frame)  # the answer never waits for Redis
-
-        await live.follow(put, mirror=True)
-        key, sent, finished = stream_key(live.answer_id), 0, False
+        key, sent, ended = stream_key(live.answer_id), 0, False
         try:
-            while not finished:
+            while not ended:
                 frames = [await queue.get()]
                 while not queue.empty():
                     frames.append(queue.get_nowait())
                 async with self.shared.pipeline(transaction=False) as pipe:
                     for frame in frames:
-                        finished = finished or frame["type"] == "finish"
+                        if frame is None:
+                            ended = True
+                            continue
                         data = json.dumps(frame)
                         if frame["type"] == "delta" and sent + len(data) > settings.ANSWER_MIRROR_MAX_BYTES:
                             continue  # the finish frame brings the rest of the text
@@ -287,9 +329,7 @@ class LiveAnswers:
             logger.warning(
                 "mirroring answer %s to Redis failed; its followers fall back to the database", live.answer_id
             )
-        finally:
-            if put in live.mirrors:
-                live.mirrors.remove(put)
+            live.mirror = None  # a later follow request may open another
 
     async def follow_elsewhere(
         self, user_id: int, answer_id: int, send: Listener, final_state: Callable[[], Awaitable[Message | None]]
@@ -297,7 +337,7 @@ class LiveAnswers:
         """Follow an answer pending in the database that does not run here: through its Redis
         stream (asking its process to mirror it), and in any case until the database holds its
         final state (its process finished it, stopped and saved it, or was found dead)."""
-        last_id, next_request = "0", 0.0
+        last_id, next_request, next_check = "0", 0.0, 0.0
         block_ms = max(1, int(min(500, settings.REDIS_TIMEOUT * 500)))  # within the socket timeout
         while True:
             if self.shared is not None:
@@ -308,7 +348,7 @@ class LiveAnswers:
                     reply = await self.shared.xread({stream_key(answer_id): last_id}, count=500, block=block_ms)
                 except RedisError:
                     reply = None
-                    await asyncio.sleep(1.0)  # Redis is down: the database is the news, once a second
+                    await asyncio.sleep(1.0)  # Redis is down: back-off; the database is the news
                 for _, entries in reply or ():
                     for entry_id, fields in entries:
                         last_id = entry_id
@@ -319,11 +359,13 @@ class LiveAnswers:
                 if reply:
                     continue
             else:
-                await asyncio.sleep(1.0)  # no Redis: the database is the only news, once a second
-            final = await final_state()
-            if final is not None:
-                await send(protocol.finish_frame(final))
-                return
+                await asyncio.sleep(CHECK_DATABASE_EVERY)  # no Redis: the database is the only news
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + CHECK_DATABASE_EVERY
+                final = await final_state()
+                if final is not None:
+                    await send(protocol.finish_frame(final))
+                    return
 
 
 live_answers = per_loop(LiveAnswers)

@@ -106,10 +106,18 @@ async def listen(
                     await tick()
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message and message.get("type") == "message":
-                    handlers[message["channel"].decode()](message["data"])
+                    _handle(handlers, message)
             except (RedisError, OSError):
                 logger.warning("%s lost Redis; retrying in %ss", what, retry_in)
                 await pubsub.aclose()  # forgets the connection; the next subscribe takes a new one
                 await asyncio.sleep(retry_in)  # back-off before reconnecting
     finally:
         await pubsub.aclose()
+
+
+def _handle(handlers: dict[str, Callable[[bytes], object]], message: dict) -> None:
+    """One message to its handler; a handler's failure is logged, and the subscription goes on."""
+    try:
+        handlers[message["channel"].decode()](message["data"])
+    except Exception:
+        logger.exception("handling a Redis message on %s failed", message.get("channel"))

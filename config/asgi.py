@@ -21,13 +21,14 @@ from channels.security.websocket import AllowedHostsOriginValidator
 import chat.routing
 from chat.live import InterruptAnswersOnShutdown
 from chat.middleware import SocketAuthMiddlewareStack
+from documents.body_limit import UploadBodyLimit
 from monitoring.live import SamplerMiddleware
 
 application = InterruptAnswersOnShutdown(
     SamplerMiddleware(
         ProtocolTypeRouter(
             {
-                "http": django_asgi_app,
+                "http": UploadBodyLimit(django_asgi_app),
                 "websocket": AllowedHostsOriginValidator(
                     SocketAuthMiddlewareStack(URLRouter(chat.routing.websocket_urlpatterns))
                 ),

@@ -455,11 +455,13 @@ WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 10, minimum=1)
 # ~400 ms more before its ack (bench/RESULTS.md, "Issue 11"). Signing out closes the sockets at once.
 SESSION_RECHECK_SECONDS = env_float("SESSION_RECHECK_SECONDS", 5.0)
 # An answer outlives its socket: only `stop` cancels it. A user may have at most
-# MAX_DETACHED_ANSWERS_PER_USER answers running with nobody listening (the next one left alone is
-# stopped); a finished answer stays ANSWER_REPLAY_SECONDS in memory (and in its Redis stream) for
+# MAX_DETACHED_ANSWERS_PER_USER answers running with nobody listening for
+# DETACHED_ANSWER_GRACE_SECONDS (beyond that, the newest are stopped: a network blip stops
+# nothing); a finished answer stays ANSWER_REPLAY_SECONDS in memory (and in its Redis stream) for
 # a client coming back; an answer mirrored through Redis for another process sends its deltas up to
 # ANSWER_MIRROR_MAX_BYTES (the finish frame, which holds the whole text, always goes).
 MAX_DETACHED_ANSWERS_PER_USER = env_int("MAX_DETACHED_ANSWERS_PER_USER", 2)
+DETACHED_ANSWER_GRACE_SECONDS = env_float("DETACHED_ANSWER_GRACE_SECONDS", 30.0)
 ANSWER_REPLAY_SECONDS = env_float("ANSWER_REPLAY_SECONDS", 120.0, minimum=1.0)
 ANSWER_MIRROR_MAX_BYTES = env_int("ANSWER_MIRROR_MAX_BYTES", 512 * 1024, minimum=1024)
 

@@ -14,6 +14,7 @@ from django.http import HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.http import require_http_methods
 
+from .body_limit import upload_body_limit
 from .personal import (
     DocumentsError,
     FileTooLarge,
@@ -26,7 +27,6 @@ from .personal import (
 )
 
 # Room for the multipart framing around the one file of an upload.
-MULTIPART_OVERHEAD = 1024 * 1024
 
 
 @login_required
@@ -66,12 +66,13 @@ def refused(error: DocumentsError) -> JsonResponse:
 
 def _the_file(request):
     """The request's one uploaded file. A body far beyond MAX_UPLOAD_BYTES is refused by its
-    declared length, before it is parsed."""
+    declared length before it is parsed (served over ASGI, ``body_limit`` refused it before it
+    was even received)."""
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         raise InvalidUpload("The request's Content-Length is not a number.") from None
-    if length > settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD:
+    if length > upload_body_limit():
         raise FileTooLarge(f"Files are limited to {settings.MAX_UPLOAD_BYTES / 1024**2:g} MB.")
     try:
         files = request.FILES.getlist("file")

@@ -390,39 +390,35 @@ async def test_it_tells_every_socket_of_the_owner_in_every_server_process_with_r
 ):
     """Two server processes sharing Redis: each listens on its own, and the owner's sockets hear a
     notice wherever they are; another user's socket hears nothing."""
-    server = await asyncio.to_thread(
-        LiveServer(fake_groq, REDIS_URL=redis_server["url"], WEB_CONCURRENCY=2, DB_APPLICATION_NAME="docchat-two").start
-    )
+    env = {"REDIS_URL": redis_server["url"], "WEB_CONCURRENCY": 1, "DB_APPLICATION_NAME": "docchat-two"}
+    servers = await asyncio.gather(*(asyncio.to_thread(LiveServer(fake_groq, **env).start) for _ in range(2)))
     collection = await database_sync_to_async(personal_collection)(alice)
     document = await orm(Document.objects.create)(collection=collection, title="shared.md", sha256="1" * 64)
-    url, cookies = server.url.replace("http", "ws") + "/ws/chat/", {}
-    for user in (alice, bob):
-        cookies[user.pk] = (await database_sync_to_async(session_cookie)(user)).decode()
+    cookies = {user.pk: (await database_sync_to_async(session_cookie)(user)).decode() for user in (alice, bob)}
+
+    def connect(server, user):
+        url = server.url.replace("http", "ws") + "/ws/chat/"
+        return websockets.connect(url, additional_headers={"Cookie": cookies[user.pk], "Origin": server.url})
+
     try:
         async with contextlib.AsyncExitStack() as stack:
-            sockets = {
-                user.pk: [
-                    await stack.enter_async_context(
-                        websockets.connect(url, additional_headers={"Cookie": cookies[user.pk], "Origin": server.url})
-                    )
-                    for _ in range(6 if user is alice else 1)
-                ]
-                for user in (alice, bob)
-            }
-            await _every_process_listening(redis_server["client"], [alice.pk, bob.pk], "docchat-two-listener")
+            alices = [await stack.enter_async_context(connect(server, alice)) for server in servers]  # one in each
+            bobs = await stack.enter_async_context(connect(servers[0], bob))
+            await _every_process_listening(redis_server["client"], [alice.pk, bob.pk], "docchat-two-listener", 2)
             await database_sync_to_async(notify_progress)(document.pk)
-            for socket in sockets[alice.pk]:
+            for socket in alices:
                 frame = json.loads(await asyncio.wait_for(socket.recv(), 10))
                 assert frame["type"] == "document" and frame["document_id"] == document.pk
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(sockets[bob.pk][0].recv(), 0.5)
+                await asyncio.wait_for(bobs.recv(), 0.5)
     finally:
-        await asyncio.to_thread(server.stop)
+        await asyncio.gather(*(asyncio.to_thread(server.stop) for server in servers))
 
 
-async def _every_process_listening(redis_client, user_ids: list[int], application_name: str) -> None:
-    """Until each server process holding one of these users' sockets (named in Redis by the socket
-    registry, ``<process>:<socket>``) has its listener subscribed."""
+async def _every_process_listening(redis_client, user_ids: list[int], application_name: str, expected: int) -> None:
+    """Until the ``expected`` server processes hold these users' sockets (named in Redis by the
+    socket registry, ``<process>:<socket>``, which a socket joins just after its handshake) and
+    each has its listener subscribed."""
 
     def processes() -> int:
         members = [m.decode() for user_id in user_ids for m in redis_client.zrange(f"docchat:sockets:{user_id}", 0, -1)]
@@ -437,7 +433,7 @@ async def _every_process_listening(redis_client, user_ids: list[int], applicatio
             return cursor.fetchone()[0]
 
     async with asyncio.timeout(30):
-        while (await database_sync_to_async(listeners)()) < await asyncio.to_thread(processes):
+        while await asyncio.to_thread(processes) < expected or await database_sync_to_async(listeners)() < expected:
             await asyncio.sleep(0.05)  # polling pg_stat_activity for the processes' LISTEN
 
 
@@ -458,3 +454,28 @@ async def test_it_lets_only_one_of_two_simultaneous_uploads_take_the_last_place(
     outcomes = await asyncio.gather(*(db_async(add)(name) for name in ("one.txt", "two.txt")))
     assert sorted(outcomes) == ["added", "refused"]
     assert await orm(Document.objects.count)() == 1
+
+
+async def test_it_refuses_an_oversized_upload_before_receiving_its_body(alice, settings):
+    """Django's ASGI handler would spool the whole body to disk before the view's check."""
+    from asgiref.testing import ApplicationCommunicator
+
+    from config.asgi import application
+
+    settings.MAX_UPLOAD_BYTES = 1024
+    scope = {
+        "type": "http", "method": "POST", "path": "/api/documents/", "query_string": b"", "http_version": "1.1",
+        "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000), "headers": [(b"host", b"127.0.0.1")],
+    }  # fmt: skip
+    declared = ApplicationCommunicator(
+        application, {**scope, "headers": [*scope["headers"], (b"content-length", b"99999999")]}
+    )
+    start = await declared.receive_output(10)  # nothing of the body was sent, or asked for
+    assert start["status"] == 413
+    assert json.loads((await declared.receive_output(10))["body"])["code"] == "file_too_large"
+
+    chunked = ApplicationCommunicator(application, scope)  # no length declared: counted as it arrives
+    for _ in range(4):
+        await chunked.send_input({"type": "http.request", "body": b"x" * 1024 * 1024, "more_body": True})
+    start = await chunked.receive_output(10)
+    assert start["status"] == 413

@@ -175,12 +175,14 @@
       hooks.open.forEach((fn) => fn());
     };
     ws.onmessage = (ev) => {
+      if (state.ws !== ws) return;  // an older socket still closing
       let m; try { m = JSON.parse(ev.data); } catch (e) { return; }
       const h = handlers[m.type] || hooks.frames[m.type]; if (h) h(m);
     };
     let opened = false;
     ws.addEventListener("open", () => { opened = true; });
     ws.onclose = async (ev) => {
+      if (state.ws !== ws) return;  // an older socket that closed after its replacement opened
       // 4401: this session signed out (here or in another tab) or its password changed.
       if (ev.code === 4401 || (!opened && await loggedOut())) { location.href = "/login/?next=/"; return; }
       // 1008: too many frames, or too many open tabs; the error frame said which. Retry slowly.
