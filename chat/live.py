@@ -114,7 +114,7 @@ class LiveAnswer:
             return None
         # No await from here to the end: no frame can slip between the replay and the next one.
         self.mirror = asyncio.Queue()
-        for frame in (protocol.resume_frame(self.answer_id), *self._replay()):
+        for frame in self._replay():
             self.mirror.put_nowait(frame)
         return self.mirror
 
@@ -132,7 +132,6 @@ class LiveAnswer:
                 if self._ends_with_finish():
                     await listener(self._log[-1])  # it holds the whole answer
                 return
-            await listener(protocol.resume_frame(self.answer_id))
             for frame in self._replay():
                 await listener(frame)
             self.listeners.append(listener)
@@ -155,8 +154,9 @@ class LiveAnswer:
             self._text.clear()
 
     def _replay(self) -> list[protocol.OutgoingFrame]:
+        """``resume``, then the answer so far: what a follower is sent before the next frame."""
         text = [protocol.delta_frame(self.answer_id, "".join(self._text))] if self._text else []
-        return [*self._log, *text]
+        return [protocol.resume_frame(self.answer_id), *self._log, *text]
 
 
 class LiveAnswers:

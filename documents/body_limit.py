@@ -13,6 +13,8 @@ import json
 
 from django.conf import settings
 
+from .personal import FileTooLarge
+
 UPLOAD_PATH = "/api/documents/"
 MULTIPART_OVERHEAD = 1024 * 1024  # the multipart framing around one file, generously
 
@@ -66,7 +68,7 @@ def _declared_length(scope) -> int:
 
 async def _refuse(send) -> None:
     message = f"Files are limited to {settings.MAX_UPLOAD_BYTES / 1024**2:g} MB."
-    body = json.dumps({"error": message, "code": "file_too_large"}).encode()
+    body = json.dumps({"error": message, "code": FileTooLarge.code}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": FileTooLarge.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -7,17 +7,14 @@ the kind: 400 invalid or over quota, 404 not found, 413 too large, 415 unsupport
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.http import require_http_methods
 
-from .body_limit import upload_body_limit
 from .personal import (
     DocumentsError,
-    FileTooLarge,
     InvalidUpload,
     access_personal_document,
     do_add_personal_document,
@@ -65,15 +62,8 @@ def refused(error: DocumentsError) -> JsonResponse:
 
 
 def _the_file(request):
-    """The request's one uploaded file. A body far beyond MAX_UPLOAD_BYTES is refused by its
-    declared length before it is parsed (served over ASGI, ``body_limit`` refused it before it
-    was even received)."""
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise InvalidUpload("The request's Content-Length is not a number.") from None
-    if length > upload_body_limit():
-        raise FileTooLarge(f"Files are limited to {settings.MAX_UPLOAD_BYTES / 1024**2:g} MB.")
+    """The request's one uploaded file. (A body far beyond MAX_UPLOAD_BYTES never gets here:
+    ``body_limit`` refuses it before it is received.)"""
     try:
         files = request.FILES.getlist("file")
     except (SuspiciousOperation, MultiPartParserError):
