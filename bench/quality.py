@@ -1,15 +1,20 @@
-"""Answer-quality benchmark: the "not found" gate before and after, and cheap retrieval choices.
+"""Answer-quality benchmark: the "not found" gate, the answers of each mode, and cheap retrieval choices.
 
 On the labelled sets in eval/ (``handbook.jsonl``: 54 questions over docs/, 14 of them not
 answerable from it; ``pydoc.jsonl``: 130 questions over the pydoc corpus of bench/corpus.py, ~5,300
 chunks of 75 standard-library modules, 40 of them not answerable, 30 near-domain), with the
-product's own retrieval (``chat.evaluation``, what ``manage.py eval`` runs):
+product's own retrieval (``chat.evaluation``, what ``manage.py eval`` runs); ``handbook_users``: 90
+questions over docs/ as people type them (eval/README.md):
 
 1. the gate: the old rule (a passage with cosine >= 0.2 or a full-text match) and the calibrated
    one (documents/relevance.py), on the same retrieved passages: not-found accuracy on the
    unanswerable questions and the false not-found rate on the answerable ones; hit@5, MRR, key
    recall and retrieval latency;
-2. with ``--experiments``: chunk size and overlap, the section's heading path in the embedded
+2. with ``--answers``: every question answered as the chat does, in the offline default (extractive)
+   and, with ``--local``, by the local SmolLM2 model: answer-level key recall, answers with a number,
+   name, quote or link no cited passage holds (the model's own text, before any fallback), answers
+   replaced by the extractive one, first visible text p50/p95 (retrieval included);
+3. with ``--experiments``: chunk size and overlap, the section's heading path in the embedded
    chunk (CHUNK_WITH_SECTION), each corpus ingested again per setting into its own collection, and
    the fusion weights of the vector and full-text halves (query time only).
 
@@ -17,7 +22,7 @@ Quality figures do not depend on the machine's load; the latency column does (it
 machine first). Data live in the database ``docchat_bench_quality`` of the embedded PostgreSQL; the
 pydoc collections are reused by the next run, the handbook is ingested afresh (docs/ changes). Run from the project folder::
 
-    .venv/bin/python bench/quality.py [--experiments]
+    .venv/bin/python bench/quality.py [--answers [--local]] [--experiments]
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from bench.common import (
 
 BENCH_DB = "docchat_bench_quality"
 SETS = ("handbook", "pydoc")
+ANSWER_SETS = ("handbook", "handbook_users")  # both over the handbook corpus
 # (chunk tokens, overlap tokens, heading path embedded): the product's default first.
 CHUNKINGS = ((200, 40, False), (200, 40, True), (128, 24, False), (128, 24, True), (250, 50, False))
 BEFORE_CHUNKING = (200, 40, False)
@@ -52,6 +58,8 @@ WEIGHTS = ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0), (1.0, 0.5), (1.0, 2.0))  # (vecto
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", action="store_true", help="also chunking and fusion weights")
+    parser.add_argument("--answers", action="store_true", help="also the answers (offline default)")
+    parser.add_argument("--local", action="store_true", help="with --answers: the local SmolLM2 model too (slow)")
     parser.add_argument("--k", type=int, default=5)
     add_wait_quiet_argument(parser)
     return parser.parse_args()
@@ -102,11 +110,10 @@ def old_gate(outcome) -> bool:
 def figures(outcomes, k: int, relevant: Callable | None = None) -> dict:
     """``summarise``'s figures; with ``relevant``, of the same passages judged by that rule instead."""
     from chat.evaluation import summarise
+    from documents.relevance import ANSWER, NOT_FOUND
 
     if relevant is not None:
-        outcomes = [
-            dataclasses.replace(o, retrieval=dataclasses.replace(o.retrieval, relevant=relevant(o))) for o in outcomes
-        ]
+        outcomes = [dataclasses.replace(o, verdict=ANSWER if relevant(o) else NOT_FOUND) for o in outcomes]
     return summarise(outcomes, k)
 
 
@@ -118,6 +125,39 @@ def row(label: str, f: dict, k: int) -> str:
 
 
 HEADER = f"{'':<34} {'hit@k':>6} {'MRR':>6} {'keys':>6} {'NF acc':>7} {'false':>6} {'p50 ms':>7} {'p95 ms':>7}"
+
+
+ANSWER_HEADER = (
+    f"{'':<34} {'NF acc':>7} {'as known':>8} {'false':>6} {'unsure':>6} {'keys':>6} {'answer keys':>11} "
+    f"{'invented':>8} {'replaced':>8} {'text p50':>8} {'text p95':>8}"
+)
+
+
+def answer_row(label: str, f: dict) -> str:
+    return (
+        f"{label:<34} {f['not_found_accuracy']:>7.3f} {1 - f['not_answered_as_known']:>8.3f} "
+        f"{f['false_not_found']:>6.3f} {f['answerable_unsure']:>6.3f} {f['key_recall']:>6.3f} "
+        f"{f['answer_key_recall']:>11.3f} {f['answers_with_unsupported_claims']:>8} {f['answers_replaced']:>8} "
+        f"{f['first_text_p50_s']:>7.2f}s {f['first_text_p95_s']:>7.2f}s"
+    )
+
+
+def answers_section(owner, handbook, args) -> None:
+    """Each question answered as the chat does, in the offline default and (--local) by SmolLM2."""
+    from chat.evaluation import answer_all, evaluate, load_cases, summarise
+    from chat.llm import provider_named
+
+    print("\n2. Answers (as known: unanswerable answered as if the documents held the answer; keys: all in")
+    print("   the top k; answer keys: all in the answer's text; invented: answers with a number, name, quote")
+    print("   or link no cited passage holds, before any fallback; replaced: by the extractive answer)\n")
+    print_heading(ANSWER_HEADER)
+    modes = ["extractive", "local"] if args.local else ["extractive"]
+    for name in ANSWER_SETS:
+        cases = load_cases(ROOT / "eval" / f"{name}.jsonl")
+        for mode in modes:
+            outcomes = evaluate(owner, cases, k=args.k, collections=[handbook.pk])
+            answer_all(outcomes, provider_named(mode))
+            print(answer_row(f"{name}: {mode}", summarise(outcomes, args.k)), flush=True)
 
 
 def main() -> int:
@@ -145,6 +185,8 @@ def main() -> int:
         print(row(f"{name}: before", figures(old, args.k, old_gate), args.k))
         print(row(f"{name}: text chunks, calibrated gate", figures(old, args.k), args.k))
         print(row(f"{name}: now", figures(now, args.k), args.k))
+    if args.answers:
+        answers_section(owner, collections["handbook"], args)
     if not args.experiments:
         return 0
 

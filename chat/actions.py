@@ -22,6 +22,7 @@ from documents.models import Collection
 from .errors import ChatError, NotFound
 from .models import Conversation, Message
 from .prompting import Turn, memory_window
+from .protocol import AskFrame
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Asked:
     history: list[Turn] = field(default_factory=list)
     answer_status: str = Message.Status.PENDING
     collection_ids: list[int] | None = None  # the conversation's choice (None: every readable collection)
+    provider: str = ""  # the conversation's answer mode (chat.llm.get_provider; empty: the default)
 
 
 def access_conversation(user, conversation_id: int) -> Conversation:
@@ -77,19 +79,14 @@ def check_signed_in(session_key: str | None, user) -> None:
         raise SignedOut()
 
 
-def do_ask(
-    recheck_session: str | None,
-    user,
-    conversation_id: int | None,
-    text: str,
-    client_id: str,
-    collection_ids: list[int] | None = None,
-) -> Asked:
+def do_ask(recheck_session: str | None, user, ask: AskFrame) -> Asked:
     """A question on a socket: still signed in (when given the session key to check again), then
     recorded, in one thread hop."""
     if recheck_session is not None:
         check_signed_in(recheck_session, user)
-    return do_record_question(user, conversation_id, text, client_id, collection_ids)
+    return do_record_question(
+        user, ask["conversation_id"], ask["text"], ask["client_id"], ask["collection_ids"], ask["provider"]
+    )
 
 
 def check_collections(user, collection_ids: list[int] | None) -> list[int] | None:
@@ -110,21 +107,32 @@ def title_from(question: str) -> str:
 
 
 def do_record_question(
-    user, conversation_id: int | None, text: str, client_id: str, collection_ids: list[int] | None = None
+    user,
+    conversation_id: int | None,
+    text: str,
+    client_id: str,
+    collection_ids: list[int] | None = None,
+    provider: str | None = None,
 ) -> Asked:
     """Persist the question and an empty answer before any work that can fail; a resent question
     (same ``client_id``) returns the existing pair instead of a second one. ``collection_ids``
-    chooses what a new conversation searches (an existing one keeps its choice)."""
+    chooses what a new conversation searches (an existing one keeps its choice); ``provider``, a
+    checked answer mode, is the conversation's from now on (None: it keeps its own)."""
     existing = _find_by_client_id(user, client_id)
     if existing is not None:
         return existing
     if conversation_id is None:  # a new conversation: no history, nothing to lock
-        return _record_in_new_conversation(user, text, client_id, check_collections(user, collection_ids))
+        collections = check_collections(user, collection_ids)
+        return _record_in_new_conversation(user, text, client_id, collections, provider or "")
     try:
         with transaction.atomic():
             conversation = access_conversation(user, conversation_id)
             history = _history(conversation)
-            conversation.save(update_fields=["updated_at"])
+            changed = ["updated_at"]
+            if provider is not None and provider != conversation.provider:
+                conversation.provider = provider
+                changed.append("provider")
+            conversation.save(update_fields=changed)
             question = Message.objects.create(
                 conversation=conversation, role=Message.Role.USER, text=text, client_id=uuid.UUID(client_id)
             )
@@ -145,6 +153,7 @@ def do_record_question(
         duplicate=False,
         history=history,
         collection_ids=conversation.collection_ids,
+        provider=conversation.provider,
     )
 
 
@@ -152,31 +161,36 @@ def do_record_question(
 # (atomic on its own) writes the conversation, the question and its pending answer. Through the
 # ORM that was six round trips (BEGIN, three INSERTs, COMMIT) and most of the recording's CPU.
 _MESSAGE_COLUMNS = (
-    "conversation_id, role, text, status, client_id, reply_to_id, sources, timings, error_code, provider, model, "
-    "created_at, updated_at"
+    "conversation_id, role, text, status, client_id, reply_to_id, sources, support, timings, error_code, provider, "
+    "model, created_at, updated_at"
 )
 _NEW_CONVERSATION_SQL = f"""
 WITH conversation AS (
-    INSERT INTO {Conversation._meta.db_table} (user_id, title, collection_ids, created_at, updated_at)
-    VALUES (%(user)s, %(title)s, %(collection_ids)s::bigint[], %(now)s, %(now)s) RETURNING id
+    INSERT INTO {Conversation._meta.db_table} (user_id, title, collection_ids, provider, created_at, updated_at)
+    VALUES (%(user)s, %(title)s, %(collection_ids)s::bigint[], %(provider)s, %(now)s, %(now)s) RETURNING id
 ), question AS (
     INSERT INTO {Message._meta.db_table} ({_MESSAGE_COLUMNS})
-    SELECT id, %(user_role)s, %(text)s, %(complete)s, %(client_id)s, NULL, '[]'::jsonb, '{{}}'::jsonb, '', '', '',
+    SELECT id, %(user_role)s, %(text)s, %(complete)s, %(client_id)s, NULL, '[]'::jsonb, '{{}}'::jsonb, '{{}}'::jsonb,
+           '', '', '',
            %(now)s, %(now)s
     FROM conversation RETURNING id, conversation_id
 )
 INSERT INTO {Message._meta.db_table} ({_MESSAGE_COLUMNS})
-SELECT conversation_id, %(assistant_role)s, '', %(pending)s, NULL, id, '[]'::jsonb, '{{}}'::jsonb, '', '', '',
+SELECT conversation_id, %(assistant_role)s, '', %(pending)s, NULL, id, '[]'::jsonb, '{{}}'::jsonb, '{{}}'::jsonb,
+       '', '', '',
        %(now)s, %(now)s
 FROM question RETURNING conversation_id, reply_to_id, id
 """
 
 
-def _record_in_new_conversation(user, text: str, client_id: str, collection_ids: list[int] | None) -> Asked:
+def _record_in_new_conversation(
+    user, text: str, client_id: str, collection_ids: list[int] | None, provider: str
+) -> Asked:
     params = {
         "user": user.pk,
         "title": title_from(text),
         "collection_ids": collection_ids,
+        "provider": provider,
         "now": timezone.now(),
         "text": text,
         "client_id": uuid.UUID(client_id),
@@ -188,7 +202,9 @@ def _record_in_new_conversation(user, text: str, client_id: str, collection_ids:
     with connection.cursor() as cursor:
         cursor.execute(_NEW_CONVERSATION_SQL, params)
         conversation_id, question_id, answer_id = cursor.fetchone()
-    return Asked(conversation_id, question_id, answer_id, text, duplicate=False, collection_ids=collection_ids)
+    return Asked(
+        conversation_id, question_id, answer_id, text, duplicate=False, collection_ids=collection_ids, provider=provider
+    )
 
 
 _FIND_BY_CLIENT_ID_SQL = f"""
@@ -228,7 +244,7 @@ def _history(conversation: Conversation) -> list[Turn]:
 
 
 FINAL_FIELDS = (
-    "text", "status", "sources", "timings", "prompt_tokens", "completion_tokens", "provider", "model", "error_code",
+    "text", "status", "sources", "support", "timings", "prompt_tokens", "completion_tokens", "provider", "model", "error_code",
 )  # fmt: skip
 
 

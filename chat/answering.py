@@ -20,18 +20,29 @@ from django.db import DatabaseError
 
 from common.db import db_async
 from documents.embedding import embed_query, ensure_loaded
-from documents.relevance import Retrieval, retrieve
+from documents.relevance import ANSWER, NOT_FOUND, UNSURE, Retrieval, retrieve
 from documents.search import Hit
 from monitoring import metrics
 
-from . import protocol
+from . import extractive, protocol
 from .actions import Asked, do_finish_answer
 from .breakers import Call, CircuitOpen, breakers
 from .errors import ChatError, InternalError
+from .grounding import Support, check_answer, nothing_supported
 from .llm import get_provider
 from .llm.base import ChatMessage, Generation, LLMError, LLMProvider, StreamLimits, guarded
 from .models import Message
-from .prompting import NOT_FOUND_ANSWER, cited_numbers, extractive_answer, prompt_for, retrieval_query, support_block
+from .prompting import (
+    DEGRADED_PREFIX,
+    FALLBACK_PREFIX,
+    NOT_FOUND_ANSWER,
+    NOTHING_NEW_ANSWER,
+    UNSURE_PREFIX,
+    cited_numbers,
+    prompt_for,
+    retrieval_query,
+    support_block,
+)
 from .slots import generation_slots
 from .streaming import DeltaCoalescer
 
@@ -52,6 +63,7 @@ class Answer:
     parts: list[str] = field(default_factory=list)
     deltas: int = 0
     sources: list[dict] = field(default_factory=list)
+    support: Support = field(default_factory=dict)  # type: ignore[assignment]
     timings: dict[str, float] = field(default_factory=dict)
     generation: Generation = field(default_factory=Generation)
     status: str = Message.Status.FAILED
@@ -73,6 +85,7 @@ class Answer:
             text=self.text,
             status=self.status,
             sources=self.sources,
+            support=self.support,
             timings=self.timings,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
@@ -107,7 +120,7 @@ async def answer_question(
     """Produce, stream and persist the answer to ``asked``; returns its final state. If the task
     is cancelled, ``cancelled_as()`` says why (stopped by the user, or interrupted)."""
     answer = Answer(asked)
-    provider = get_provider()
+    provider = get_provider(asked.provider)
     try:
         await _produce(user, answer, provider, send)
         if answer.status != Message.Status.DEGRADED:
@@ -150,48 +163,102 @@ async def _produce(user: AbstractBaseUser, answer: Answer, provider: LLMProvider
     async with generation_slots().slot(settings.GENERATION_QUEUE_TIMEOUT, tell_position):
         answer.mark("slot")
         await send(protocol.start_frame(asked.answer_id, provider.name, provider.model))
-        retrieval = await _retrieve(user, answer)
-        hits = retrieval.hits
-        if not retrieval.relevant:
+        retrieval, vector = await _retrieve(user, answer)
+        verdict = await settle(retrieval, vector)
+        if verdict == NOT_FOUND:
             answer.sources = []  # nothing relevant: listing weak passages would look like support
-            answer.parts.append(NOT_FOUND_ANSWER)
-            await send(protocol.delta_frame(asked.answer_id, NOT_FOUND_ANSWER))
+            await _say(answer, NOT_FOUND_ANSWER, send)
+            return
+        confident = verdict == ANSWER
+        if not provider.generative or not confident:
+            # No model, or passages only loosely related: their own sentences, never a model's guess.
+            await _answer_extractively(answer, retrieval.hits, vector, send, "" if confident else UNSURE_PREFIX)
             return
         await send(protocol.status_frame(asked.answer_id, "generating"))
         try:
             count = await provider.prompt_counter()
-            messages, given = prompt_for(provider, asked.question, asked.history, hits, count)
+            messages, given = prompt_for(provider, asked.question, asked.history, retrieval.hits, count)
             async with breakers().guard("llm") as call:
                 await _stream(answer, provider, messages, send, call)
         except (LLMError, CircuitOpen) as exc:
             if answer.parts:
                 raise  # part of an answer was shown: keep it, marked failed
-            await _degrade(answer, hits, exc, send)
+            await _degrade(answer, retrieval.hits, vector, exc, send)
             return
-        if not cited_numbers(answer.text):
-            await _show_support(answer, given, send)
+        await _check_grounding(answer, given, retrieval.hits, vector, send)
 
 
-async def _show_support(answer: Answer, given: list[Hit], send: Send) -> None:
-    """The model cited nothing: quote the passages it was given under its answer, labelled so."""
-    text = support_block(given)
+async def settle(retrieval: Retrieval, vector: list[float]) -> str:
+    """The gate's verdict, settled in its "unsure" band by the passages' closest sentence: close
+    enough, an answer; far from everything, not found (documents/relevance.py has the rest)."""
+    if not retrieval.relevant:
+        return NOT_FOUND
+    if retrieval.confident:
+        return ANSWER
+    closest = await extractive.closest_sentence(retrieval.hits, vector)
+    if (
+        closest >= settings.RELEVANCE_SENTENCE_SIMILARITY
+        and retrieval.evidence.coverage >= settings.RELEVANCE_SENTENCE_MIN_COVERAGE
+    ):
+        return ANSWER
+    return NOT_FOUND if closest < settings.RELEVANCE_MIN_SENTENCE_SIMILARITY else UNSURE
+
+
+async def _say(answer: Answer, text: str, send: Send) -> None:
+    """Add ``text`` to the answer and send it."""
     answer.parts.append(text)
     await send(protocol.delta_frame(answer.asked.answer_id, text))
 
 
-async def _degrade(answer: Answer, hits: list[Hit], cause: LLMError | CircuitOpen, send: Send) -> None:
-    """The model is down: answer with the best passages themselves, clearly marked as such."""
+async def _answer_extractively(
+    answer: Answer, hits: list[Hit], vector: list[float], send: Send, prefix: str = ""
+) -> None:
+    """The passages' own sentences that answer the question (``chat/extractive.py``)."""
+    asked = answer.asked
+    text = await extractive.compose(asked.question, asked.history, hits, vector)
+    answer.mark("first_token")
+    await _say(answer, prefix + (text or NOTHING_NEW_ANSWER), send)
+    answer.support = _support(answer.text, hits, asked.question)
+
+
+async def _check_grounding(answer: Answer, given: list[Hit], hits: list[Hit], vector: list[float], send: Send) -> None:
+    """Check the model's sentences against the passages they cite; an answer none of whose claims
+    held up is replaced by the extractive one (the reader saw it stream: the finish frame says why)."""
+    if not cited_numbers(answer.text):
+        await _show_support(answer, given, send)
+    support = _support(answer.text, given, answer.asked.question)
+    metrics.record_grounding(support.get("unsupported", 0), fell_back=nothing_supported(support))
+    if nothing_supported(support):
+        model_text = answer.text
+        answer.parts = []
+        await _answer_extractively(answer, hits, vector, send, FALLBACK_PREFIX)
+        answer.support["fallback"] = model_text
+        return
+    answer.support = support
+
+
+def _support(text: str, passages: list[Hit], question: str) -> Support:
+    return check_answer(text, {n: hit.text for n, hit in enumerate(passages, start=1)}, question)
+
+
+async def _show_support(answer: Answer, given: list[Hit], send: Send) -> None:
+    """The model cited nothing: quote the passages it was given under its answer, labelled so."""
+    await _say(answer, support_block(given), send)
+
+
+async def _degrade(
+    answer: Answer, hits: list[Hit], vector: list[float], cause: LLMError | CircuitOpen, send: Send
+) -> None:
+    """The model is down: answer with the passages' own sentences, clearly marked as such."""
     answer_id = answer.asked.answer_id
     answer.status, answer.error_code = Message.Status.DEGRADED, cause.code
     if isinstance(cause, LLMError):  # an open breaker is no news for this answer: just degrade
         await send(protocol.error_frame(cause, answer_id=answer_id))
     await send(protocol.status_frame(answer_id, "degraded"))
-    text = extractive_answer(hits)
-    answer.parts = [text]
-    await send(protocol.delta_frame(answer_id, text))
+    await _answer_extractively(answer, hits, vector, send, DEGRADED_PREFIX)
 
 
-async def _retrieve(user: AbstractBaseUser, answer: Answer) -> Retrieval:
+async def _retrieve(user: AbstractBaseUser, answer: Answer) -> tuple[Retrieval, list[float]]:
     query = retrieval_query(answer.asked.question, answer.asked.history)
     await ensure_loaded()
     try:
@@ -212,7 +279,7 @@ async def _retrieve(user: AbstractBaseUser, answer: Answer) -> Retrieval:
         raise RetrievalFailed(detail) from exc
     answer.mark("retrieval")
     answer.sources = [hit.as_source(n) for n, hit in enumerate(retrieval.hits, start=1)]
-    return retrieval
+    return retrieval, vector
 
 
 async def _stream(answer: Answer, provider: LLMProvider, messages: list[ChatMessage], send: Send, call: Call) -> None:

@@ -176,14 +176,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             await question_limiter().check(self.user.pk)
             recheck = time.monotonic() - self.signed_in_at >= settings.SESSION_RECHECK_SECONDS
-            asked = await db_async(do_ask)(
-                self.session_key if recheck else None,
-                self.user,
-                frame["conversation_id"],
-                frame["text"],
-                frame["client_id"],
-                frame["collection_ids"],
-            )
+            asked = await db_async(do_ask)(self.session_key if recheck else None, self.user, frame)
             if recheck:
                 self.signed_in_at = time.monotonic()
             if not asked.duplicate:  # registered before the ack: a follower may come at once

@@ -4,10 +4,12 @@ A set is a JSON-lines file, one question per line::
 
     {"q": "How do I ...?", "source": "operations.md", "keys": ["manage.py search"]}
     {"q": "Can I log in with SAML?", "source": null, "keys": []}
+    {"q": "and the default?", "source": "configuration.md", "keys": ["10"], "after": ["pool size?"]}
 
 ``source`` names the document that answers (its file name or title; ``null``: nothing in the
 collection answers, so the right outcome is "not found"); ``keys`` are strings the answering
-passage contains. ``manage.py eval`` runs it; the suite runs the shipped set over docs/.
+passage contains; ``after`` (optional) lists the questions asked before in the same conversation (a
+follow-up is searched and answered with them, as in the chat). ``manage.py eval`` runs it; the suite runs the shipped set over docs/.
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ from pathlib import Path
 
 from documents.embedding import encode
 from documents.models import Document
-from documents.relevance import Retrieval, retrieve
+from documents.relevance import ANSWER, NOT_FOUND, UNSURE, Retrieval, retrieve
 from documents.search import Hit
 
+from . import extractive
+from .answering import settle
+from .grounding import Support, check_answer, normal, nothing_supported
 from .llm.base import Generation, LLMProvider
-from .prompting import NOT_FOUND_ANSWER, cited_numbers, prompt_for
+from .prompting import (
+    FALLBACK_PREFIX,
+    NOT_FOUND_ANSWER,
+    UNSURE_PREFIX,
+    Turn,
+    cited_numbers,
+    prompt_for,
+    retrieval_query,
+)
 
 
 class EvalSetError(ValueError):
@@ -37,10 +50,20 @@ class Case:
     question: str
     source: str | None
     keys: tuple[str, ...]
+    after: tuple[str, ...] = ()  # the questions asked before it in its conversation
 
     @property
     def answerable(self) -> bool:
         return self.source is not None
+
+    @property
+    def history(self) -> list[Turn]:
+        return [Turn("user", question) for question in self.after]
+
+    @property
+    def query(self) -> str:
+        """What the chat searches for: the question, with the previous one for a follow-up."""
+        return retrieval_query(self.question, self.history)
 
 
 @dataclass
@@ -55,10 +78,19 @@ class Outcome:
     first_token: float | None = None
     cited: list[int] = field(default_factory=list)
     prompt_hits: list[Hit] = field(default_factory=list)  # the passages the model was given
+    vector: list[float] = field(default_factory=list)  # the query's embedding
+    support: Support = field(default_factory=dict)  # type: ignore[assignment]
+
+    verdict: str = ANSWER  # the chat's (chat.answering.settle)
 
     @property
     def not_found(self) -> bool:
-        return not self.retrieval.relevant
+        return self.verdict == NOT_FOUND
+
+    @property
+    def unsure(self) -> bool:
+        """Answered with the closest passages and a word that they may not answer."""
+        return self.verdict == UNSURE
 
 
 def load_cases(path: Path) -> list[Case]:
@@ -79,12 +111,14 @@ def check_case(line: str, where: str) -> Case:
         raise EvalSetError(f"{where}: not JSON ({exc.msg})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("q"), str) or not raw["q"].strip():
         raise EvalSetError(f'{where}: needs "q", a non-empty question')
-    source, keys = raw.get("source"), raw.get("keys", [])
+    source, keys, after = raw.get("source"), raw.get("keys", []), raw.get("after", [])
     if source is not None and not isinstance(source, str):
         raise EvalSetError(f'{where}: "source" must be a file name or null')
     if not isinstance(keys, list) or not all(isinstance(key, str) and key.strip() for key in keys):
         raise EvalSetError(f'{where}: "keys" must be a list of non-empty strings')
-    return Case(raw["q"].strip(), source, tuple(keys))
+    if not isinstance(after, list) or not all(isinstance(q, str) and q.strip() for q in after):
+        raise EvalSetError(f'{where}: "after" must be a list of questions')
+    return Case(raw["q"].strip(), source, tuple(keys), tuple(q.strip() for q in after))
 
 
 def document_names(document_ids: set[int]) -> dict[int, set[str]]:
@@ -101,10 +135,11 @@ def evaluate(user, cases: list[Case], *, k: int, collections: list[int] | None) 
     outcomes = []
     for case in cases:
         started = time.perf_counter()
-        vector = encode([case.question])[0]
-        retrieval = retrieve(user, case.question, vector, k=k, collections=collections)
+        vector = encode([case.query])[0]
+        retrieval = retrieve(user, case.query, vector, k=k, collections=collections)
         seconds = time.perf_counter() - started
-        outcomes.append(Outcome(case, retrieval, None, None, False, seconds))
+        outcomes.append(Outcome(case, retrieval, None, None, False, seconds, vector=vector))
+    asyncio.run(_judge_all(outcomes))
     names = document_names({hit.document_id for o in outcomes for hit in o.retrieval.hits})
     for outcome in outcomes:
         outcome.rank = _rank(outcome, names)
@@ -112,6 +147,11 @@ def evaluate(user, cases: list[Case], *, k: int, collections: list[int] | None) 
             outcome.source_document = outcome.retrieval.hits[outcome.rank - 1].document_id
         outcome.keys_found = _keys_found(outcome)
     return outcomes
+
+
+async def _judge_all(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        outcome.verdict = await settle(outcome.retrieval, outcome.vector)
 
 
 def _rank(outcome: Outcome, names: dict[int, set[str]]) -> int | None:
@@ -137,13 +177,32 @@ def answer_all(outcomes: list[Outcome], provider: LLMProvider) -> None:
 
 
 async def _answer_all(outcomes: list[Outcome], provider: LLMProvider) -> None:
-    await _warm_up(provider)
-    count = await provider.prompt_counter()
+    if provider.generative:
+        await _warm_up(provider)
     for outcome in outcomes:
-        if outcome.not_found:
-            outcome.answer = NOT_FOUND_ANSWER
-            continue
-        messages, hits = prompt_for(provider, outcome.case.question, [], outcome.retrieval.hits, count)
+        started = time.perf_counter()
+        await _answer(outcome, provider)
+        # First visible text, from the question: retrieval, then the first delta (or the whole
+        # extractive answer, which is sent at once).
+        outcome.first_token = outcome.seconds + (outcome.first_token or time.perf_counter() - started)
+        outcome.cited = cited_numbers(outcome.answer)
+
+
+async def _answer(outcome: Outcome, provider: LLMProvider) -> None:
+    """What the chat answers (chat/answering.py): not found; the passages' own sentences (no model,
+    or an unsure match); or the model's answer, checked, replaced by those sentences if nothing
+    of it held up."""
+    case, retrieval = outcome.case, outcome.retrieval
+    if outcome.not_found:
+        outcome.answer = NOT_FOUND_ANSWER
+        return
+    outcome.prompt_hits = retrieval.hits
+    if not provider.generative or outcome.unsure:
+        prefix = UNSURE_PREFIX if outcome.unsure else ""
+        outcome.answer = prefix + await extractive.compose(case.question, case.history, retrieval.hits, outcome.vector)
+    else:
+        count = await provider.prompt_counter()
+        messages, outcome.prompt_hits = prompt_for(provider, case.question, case.history, retrieval.hits, count)
         started = time.perf_counter()
         parts: list[str] = []
         async for delta in provider.stream(messages, Generation()):
@@ -151,8 +210,13 @@ async def _answer_all(outcomes: list[Outcome], provider: LLMProvider) -> None:
                 outcome.first_token = time.perf_counter() - started
             parts.append(delta)
         outcome.answer = "".join(parts)
-        outcome.cited = cited_numbers(outcome.answer)
-        outcome.prompt_hits = hits
+    passages = {n: hit.text for n, hit in enumerate(outcome.prompt_hits, start=1)}
+    outcome.support = check_answer(outcome.answer, passages, case.question)
+    if provider.generative and nothing_supported(outcome.support):
+        outcome.answer = FALLBACK_PREFIX + await extractive.compose(
+            case.question, case.history, retrieval.hits, outcome.vector
+        )
+        outcome.prompt_hits = retrieval.hits
 
 
 async def _warm_up(provider: LLMProvider) -> None:
@@ -188,7 +252,11 @@ def summarise(outcomes: list[Outcome], k: int) -> dict:
         "mrr": round(sum(1 / o.rank for o in answerable if o.rank) / len(answerable), 3) if answerable else None,
         "key_recall": _share([o.keys_found for o in answerable if o.case.keys]),
         "not_found_accuracy": _share([o.not_found for o in unanswerable]),
+        # Unanswerable questions not answered as if the documents held the answer (not found, or
+        # the closest passages with "I am not sure").
+        "not_answered_as_known": _share([o.not_found or o.unsure for o in unanswerable]),
         "false_not_found": _share([o.not_found for o in answerable]),
+        "answerable_unsure": _share([o.unsure for o in answerable]),
         "p50_ms": round(percentile(seconds, 0.5) * 1000, 1),
         "p95_ms": round(percentile(seconds, 0.95) * 1000, 1),
     }
@@ -199,8 +267,15 @@ def summarise(outcomes: list[Outcome], k: int) -> dict:
 
 def _answer_figures(answerable: list[Outcome], unanswerable: list[Outcome]) -> dict:
     answered = [o for o in answerable if not o.not_found]
-    first_tokens = [o.first_token for o in answered if o.first_token is not None]
+    first_texts = [o.first_token for o in answerable + unanswerable if o.first_token is not None]
     return {
+        # The expected facts in the answer's own text (what the reader reads), over answerable questions.
+        "answer_key_recall": _share([answer_has_keys(o) for o in answerable if o.case.keys]),
+        # Answers with a number, name, quote or link that no passage they cite holds.
+        "answers_with_unsupported_claims": sum(o.support.get("unsupported", 0) > 0 for o in answerable + unanswerable),
+        "unsupported_sentences": sum(o.support.get("unsupported", 0) for o in answerable + unanswerable),
+        # Answers whose model text was replaced by the extractive answer (nothing of it held up).
+        "answers_replaced": sum(o.answer.startswith(FALLBACK_PREFIX) for o in answerable + unanswerable),
         "answers_citing": _share([bool(o.cited) for o in answered]),
         "answers_citing_source": _share([_cites_source(o) for o in answered]),
         "invalid_citations": sum(len([n for n in o.cited if not 1 <= n <= len(o.prompt_hits)]) for o in answered),
@@ -211,9 +286,15 @@ def _answer_figures(answerable: list[Outcome], unanswerable: list[Outcome]) -> d
         # Unanswerable questions the gate let through that the model itself declined.
         "unanswerable_declined": f"{sum(declines(o.answer) for o in unanswerable if not o.not_found)}"
         f" of {sum(not o.not_found for o in unanswerable)}",
-        "first_token_p50_s": round(percentile(first_tokens, 0.5), 2),
-        "first_token_p95_s": round(percentile(first_tokens, 0.95), 2),
+        "first_text_p50_s": round(percentile(first_texts, 0.5), 3),
+        "first_text_p95_s": round(percentile(first_texts, 0.95), 3),
     }
+
+
+def answer_has_keys(outcome: Outcome) -> bool:
+    """Every expected fact of the case occurs in the answer's text (Markdown code marks ignored)."""
+    text = normal(outcome.answer)
+    return all(normal(key) in text for key in outcome.case.keys)
 
 
 def _cites_source(outcome: Outcome) -> bool:

@@ -11,6 +11,9 @@ class Conversation(models.Model):
     # The collections this conversation searches, intersected with what its user may read when a
     # question is asked; NULL: every readable collection.
     collection_ids = ArrayField(models.BigIntegerField(), null=True, blank=True)
+    # The answer mode this conversation asked for (a name of chat.llm.available_providers());
+    # empty: the configured default.
+    provider = models.CharField(max_length=40, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -42,6 +45,9 @@ class Message(models.Model):
     client_id = models.UUIDField(null=True, blank=True)
     reply_to = models.OneToOneField("self", null=True, blank=True, on_delete=models.CASCADE, related_name="reply")
     sources = models.JSONField(default=list, blank=True)
+    # The grounding check of the answer (chat/grounding.py): per sentence, the sources it cites and
+    # whether its numbers, names, quotes and links occur in them.
+    support = models.JSONField(default=dict, blank=True)
     timings = models.JSONField(default=dict, blank=True)
     error_code = models.CharField(max_length=40, blank=True)
     provider = models.CharField(max_length=40, blank=True)

@@ -107,16 +107,21 @@ def _page(hit: Hit) -> str:
     return f"page {hit.page}" if hit.page else ""
 
 
+# The lead line of an answer made of the passages' own sentences when it is not the chosen mode.
 DEGRADED_PREFIX = (
-    "**The language model is unavailable right now**, so here are the most relevant passages "
-    "from your documents instead:"
+    "**The language model is unavailable right now**, so here are the sentences of your documents that answer best:\n\n"
 )
-
-
-def extractive_answer(hits: list[Hit], limit: int = 3) -> str:
-    """A degraded answer: the best passages themselves, cited, with no generated text."""
-    quotes = [f"> {' '.join(hit.text.split())[:600]} [{n}]" for n, hit in enumerate(hits[:limit], start=1)]
-    return "\n\n".join([DEGRADED_PREFIX, *quotes])
+UNSURE_PREFIX = (
+    "**I am not sure your documents answer this.** These are the closest passages; "
+    "check that they are about what you asked:\n\n"
+)
+FALLBACK_PREFIX = (
+    "**The model's answer stated things its sources do not say**, so here are the sentences of your "
+    "documents that answer best instead:\n\n"
+)
+NOTHING_NEW_ANSWER = (
+    "Your documents say nothing more about this than what I quoted above. Try asking about another part of it."
+)
 
 
 def build_messages(question: str, history: list[Turn], hits: list[Hit]) -> list[ChatMessage]:

@@ -14,6 +14,7 @@ from typing import Any, Literal, NotRequired, TypedDict, TypeGuard
 from django.conf import settings
 
 from .errors import ChatError
+from .llm import available_providers
 from .models import Message
 from .rendering import render_answer
 
@@ -34,6 +35,7 @@ class AskFrame(TypedDict):
     text: str
     client_id: str
     collection_ids: list[int] | None  # a new conversation searches only these (None: all readable)
+    provider: str | None  # the answer mode the conversation uses from now on (None: unchanged)
 
 
 class StopFrame(TypedDict):
@@ -91,7 +93,11 @@ def check_ask(frame: dict[str, Any]) -> AskFrame:
     if not isinstance(text, str) or not text.strip():
         raise ProtocolError("missing_field", "'text' must be a non-empty string.")
     if len(text) > settings.MAX_QUESTION_CHARS:
-        raise ProtocolError("text_too_long", f"Questions are limited to {settings.MAX_QUESTION_CHARS} characters.")
+        raise ProtocolError(
+            "question_too_long",
+            f"This question is {len(text)} characters long; questions are limited to "
+            f"{settings.MAX_QUESTION_CHARS}. Shorten it, or upload the text as a document and ask about it.",
+        )
     check_storable(text)
     conversation_id = frame.get("conversation_id")
     if conversation_id is not None and not _is_id(conversation_id):
@@ -106,7 +112,20 @@ def check_ask(frame: dict[str, Any]) -> AskFrame:
         "text": text.strip(),
         "client_id": client_id,
         "collection_ids": collection_ids,
+        "provider": check_provider(frame.get("provider")),
     }
+
+
+def check_provider(value: Any) -> str | None:
+    """An answer mode a person may choose (``chat.llm.available_providers()``), or None."""
+    if value is None:
+        return None
+    choices = available_providers()
+    if value not in choices:
+        raise ProtocolError(
+            "invalid_field", f"'provider' must be null or one of: {', '.join(choices)}; got {str(value)[:40]!r}."
+        )
+    return value
 
 
 MAX_COLLECTION_IDS = 50
@@ -176,6 +195,7 @@ class AnswerPayload(TypedDict):
     text: str
     html: str
     sources: list[dict[str, Any]]
+    support: dict[str, Any]  # the grounding check, per sentence (chat/grounding.py)
     timings: dict[str, float]
     usage: dict[str, int | None]
     error_code: str
@@ -305,8 +325,9 @@ def answer_payload(answer: Message) -> AnswerPayload:
         "answer_id": answer.pk,
         "status": answer.status,
         "text": answer.text,
-        "html": render_answer(answer.text, len(answer.sources)),
+        "html": render_answer(answer.text, len(answer.sources), answer.support),
         "sources": answer.sources,
+        "support": answer.support,
         "timings": answer.timings,
         "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
         "error_code": answer.error_code,

@@ -14,9 +14,9 @@ from documents.models import Collection
 
 from .actions import access_conversation, check_collections
 from .errors import ChatError, NotFound
-from .llm import get_provider
+from .llm import available_providers, default_provider_name, get_provider
 from .models import Conversation, Message
-from .protocol import answer_payload, check_collection_ids
+from .protocol import answer_payload, check_collection_ids, check_provider
 
 MAX_TITLE = 200
 
@@ -25,15 +25,20 @@ MAX_TITLE = 200
 @require_GET
 def home(request):
     relevance.warm_up()  # the model loads while the person types their first question
-    provider = get_provider()
     context = {
         "conversations": Conversation.objects.filter(user=request.user)[:100],
         "collections": Collection.objects.readable_by(request.user).order_by("name"),
-        "provider": provider.name,
-        "model": provider.model,
+        "provider_choices": provider_choices(),
+        "default_provider": default_provider_name(),
+        "default_label": get_provider().label,
         "max_question_chars": settings.MAX_QUESTION_CHARS,
     }
     return render(request, "chat/home.html", context)
+
+
+def provider_choices() -> list[dict[str, str]]:
+    """The answer modes a person may choose for a conversation, the default first."""
+    return [{"name": name, "label": get_provider(name).label} for name in available_providers()]
 
 
 @login_required
@@ -50,8 +55,9 @@ def conversation_list(request):
 @login_required
 @require_http_methods(["GET", "PATCH", "DELETE"])
 def conversation_detail(request, conversation_id: int):
-    """GET the messages, PATCH ``{"title": ...}`` to rename and/or ``{"collection_ids": [...] | null}``
-    to choose what it searches, DELETE to delete (own only, else 404)."""
+    """GET the messages, PATCH ``{"title": ...}`` to rename, ``{"collection_ids": [...] | null}`` to
+    choose what it searches and/or ``{"provider": name | null}`` its answer mode, DELETE to delete
+    (own only, else 404)."""
     try:
         conversation = access_conversation(request.user, conversation_id)
     except NotFound:
@@ -66,6 +72,7 @@ def conversation_detail(request, conversation_id: int):
             "id": conversation.pk,
             "title": conversation.title,
             "collection_ids": conversation.collection_ids,
+            "provider": conversation.provider,
             "messages": _messages(conversation),
         }
     )
@@ -76,23 +83,33 @@ def _change(request, conversation: Conversation) -> JsonResponse:
         changes = json.loads(request.body or b"{}")
     except ValueError:
         changes = None
-    if not isinstance(changes, dict) or not {"title", "collection_ids"} & changes.keys():
-        return JsonResponse({"error": 'send JSON like {"title": "..."} or {"collection_ids": [1, 2]}'}, status=400)
+    if not isinstance(changes, dict) or not {"title", "collection_ids", "provider"} & changes.keys():
+        return JsonResponse(
+            {"error": 'send JSON like {"title": "..."}, {"collection_ids": [1, 2]} or {"provider": "extractive"}'},
+            status=400,
+        )
     if "title" in changes:
         title = changes["title"]
         if not isinstance(title, str) or not title.strip():
             return JsonResponse({"error": "the title must be a non-empty string"}, status=400)
         conversation.title = " ".join(title.split())[:MAX_TITLE]
-    if "collection_ids" in changes:
-        try:
+    try:
+        if "collection_ids" in changes:
             conversation.collection_ids = check_collections(
                 request.user, check_collection_ids(changes["collection_ids"])
             )
-        except ChatError as exc:
-            return JsonResponse({"error": exc.user_message, "code": exc.code}, status=400)
-    conversation.save(update_fields=["title", "collection_ids", "updated_at"])
+        if "provider" in changes:
+            conversation.provider = check_provider(changes["provider"]) or ""
+    except ChatError as exc:
+        return JsonResponse({"error": exc.user_message, "code": exc.code}, status=400)
+    conversation.save(update_fields=["title", "collection_ids", "provider", "updated_at"])
     return JsonResponse(
-        {"id": conversation.pk, "title": conversation.title, "collection_ids": conversation.collection_ids}
+        {
+            "id": conversation.pk,
+            "title": conversation.title,
+            "collection_ids": conversation.collection_ids,
+            "provider": conversation.provider,
+        }
     )
 
 

@@ -324,15 +324,29 @@ RETRIEVAL_TOP_K = env_int("RETRIEVAL_TOP_K", 5, minimum=1)
 # Weights of the vector and full-text rankings in the reciprocal-rank fusion.
 RETRIEVAL_VECTOR_WEIGHT = env_float("RETRIEVAL_VECTOR_WEIGHT", 1.0)
 RETRIEVAL_TEXT_WEIGHT = env_float("RETRIEVAL_TEXT_WEIGHT", 1.0)
-# The "not found" gate (documents/relevance.py), calibrated with `manage.py eval` on labelled sets
-# (bench/RESULTS.md, "Issue 13"): not found when a word of the question is in no readable chunk and
-# rare in English (Zipf frequency below RELEVANCE_RARE_WORD_ZIPF; 0 turns this off), or when
-# RELEVANCE_MAX_UNSEEN of the question's IDF-weighted terms are in no readable chunk (only among at
-# least RELEVANCE_UNSEEN_MIN_CHUNKS chunks: in a handful, most words are missing); otherwise
-# found when a passage's cosine similarity reaches RELEVANCE_MIN_SIMILARITY or one passage holds
-# RELEVANCE_MIN_COVERAGE of the question's weighted terms.
+# The "not found" gate (documents/relevance.py), calibrated on eval/*.jsonl (bench/RESULTS.md):
+# not found when a word of the question is in no readable chunk and rare in English (Zipf below
+# RELEVANCE_RARE_WORD_ZIPF; 0 turns this off), when RELEVANCE_MAX_UNSEEN of the question's
+# IDF-weighted terms are in no readable chunk (among at least RELEVANCE_UNSEEN_MIN_CHUNKS chunks;
+# everyday words, Zipf >= RELEVANCE_EVERYDAY_ZIPF, and slips of them are wording, not topics), or
+# when no passage reaches RELEVANCE_UNSURE_SIMILARITY nor RELEVANCE_UNSURE_COVERAGE. Answered when
+# a passage's cosine similarity reaches RELEVANCE_MIN_SIMILARITY, or one passage holds
+# RELEVANCE_MIN_COVERAGE of the weighted terms with a similarity of at least
+# RELEVANCE_COVERAGE_MIN_SIMILARITY and at most RELEVANCE_COVERAGE_MAX_UNSEEN unseen. In between,
+# the answer quotes the closest passages and says it is not sure they answer.
 RELEVANCE_MIN_SIMILARITY = env_float("RELEVANCE_MIN_SIMILARITY", 0.6)
-RELEVANCE_MIN_COVERAGE = env_float("RELEVANCE_MIN_COVERAGE", 0.3)
+RELEVANCE_MIN_COVERAGE = env_float("RELEVANCE_MIN_COVERAGE", 0.5)
+RELEVANCE_COVERAGE_MIN_SIMILARITY = env_float("RELEVANCE_COVERAGE_MIN_SIMILARITY", 0.3)
+RELEVANCE_COVERAGE_MAX_UNSEEN = env_float("RELEVANCE_COVERAGE_MAX_UNSEEN", 0.2)
+RELEVANCE_UNSURE_SIMILARITY = env_float("RELEVANCE_UNSURE_SIMILARITY", 0.2)
+RELEVANCE_UNSURE_COVERAGE = env_float("RELEVANCE_UNSURE_COVERAGE", 0.3)
+RELEVANCE_EVERYDAY_ZIPF = env_float("RELEVANCE_EVERYDAY_ZIPF", 4.5)
+# In the unsure band, an answer all the same when one sentence of the passages is this close (and
+# a passage holds RELEVANCE_SENTENCE_MIN_COVERAGE of the question's weighted words).
+RELEVANCE_SENTENCE_SIMILARITY = env_float("RELEVANCE_SENTENCE_SIMILARITY", 0.42)
+RELEVANCE_SENTENCE_MIN_COVERAGE = env_float("RELEVANCE_SENTENCE_MIN_COVERAGE", 0.25)
+# ... and "not found" when no sentence of them comes even this close.
+RELEVANCE_MIN_SENTENCE_SIMILARITY = env_float("RELEVANCE_MIN_SENTENCE_SIMILARITY", 0.33)
 RELEVANCE_MAX_UNSEEN = env_float("RELEVANCE_MAX_UNSEEN", 0.5)
 RELEVANCE_RARE_WORD_ZIPF = env_float("RELEVANCE_RARE_WORD_ZIPF", 1.8)
 RELEVANCE_UNSEEN_MIN_CHUNKS = env_int("RELEVANCE_UNSEEN_MIN_CHUNKS", 100)
@@ -375,11 +389,33 @@ GROQ_BASE_URL = env_url("GROQ_BASE_URL", ("http", "https"))
 # The model's context window in tokens: prompt + LLM_MAX_TOKENS are kept within it
 # (llama-3.1-8b-instant: 131,072).
 GROQ_CONTEXT_TOKENS = env_int("GROQ_CONTEXT_TOKENS", 131_072, minimum=512)
-LLM_PROVIDER = env_str("LLM_PROVIDER", "groq" if GROQ_API_KEY else "local")
-if LLM_PROVIDER not in {"groq", "local"}:
-    raise ImproperlyConfigured(f"LLM_PROVIDER must be 'groq' or 'local', got {LLM_PROVIDER!r}")
-if LLM_PROVIDER == "groq" and not GROQ_API_KEY:
-    raise ImproperlyConfigured("LLM_PROVIDER=groq needs GROQ_API_KEY")
+# An OpenAI-compatible server of one's own (Ollama, vLLM, llama.cpp's server, LM Studio) or OpenAI:
+# its base URL (e.g. http://127.0.0.1:11434/v1), key (many local servers take any) and model.
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", ("http", "https"))
+OPENAI_API_KEY = env_str("OPENAI_API_KEY", "") or ""
+OPENAI_MODEL = env_str("OPENAI_MODEL", "") or ""
+OPENAI_CONTEXT_TOKENS = env_int("OPENAI_CONTEXT_TOKENS", 8192, minimum=512)
+if OPENAI_BASE_URL and not OPENAI_MODEL:
+    raise ImproperlyConfigured("OPENAI_BASE_URL needs OPENAI_MODEL (the model name the server knows)")
+# Answer modes (chat/llm/): "extractive" quotes the passages' own sentences (offline, never states
+# what they do not say); "local" is SmolLM2-135M on the CPU; "groq" and "openai" are model servers.
+# The default: a configured server, else extractive. LLM_PROVIDERS lists what a person may choose
+# per conversation (default: every configured one, then extractive and local).
+LLM_PROVIDER_NAMES = ("extractive", "local", "groq", "openai")
+_configured_servers = [name for name, on in (("groq", GROQ_API_KEY), ("openai", OPENAI_BASE_URL)) if on]
+LLM_PROVIDER = env_str("LLM_PROVIDER", (_configured_servers or ["extractive"])[0])
+LLM_PROVIDERS = env_list(
+    "LLM_PROVIDERS", list(dict.fromkeys([LLM_PROVIDER, *_configured_servers, "extractive", "local"]))
+)
+for _provider in (LLM_PROVIDER, *LLM_PROVIDERS):
+    if _provider not in LLM_PROVIDER_NAMES:
+        raise ImproperlyConfigured(f"LLM_PROVIDER(S) must name {', '.join(LLM_PROVIDER_NAMES)}; got {_provider!r}")
+    if _provider == "groq" and not GROQ_API_KEY:
+        raise ImproperlyConfigured("LLM_PROVIDER=groq needs GROQ_API_KEY")
+    if _provider == "openai" and not OPENAI_BASE_URL:
+        raise ImproperlyConfigured("LLM_PROVIDER=openai needs OPENAI_BASE_URL and OPENAI_MODEL")
+if LLM_PROVIDER not in LLM_PROVIDERS:
+    LLM_PROVIDERS.insert(0, LLM_PROVIDER)
 LLM_MAX_TOKENS = env_int("LLM_MAX_TOKENS", 512, minimum=1)
 LLM_TEMPERATURE = env_float("LLM_TEMPERATURE", 0.2)
 LLM_FIRST_TOKEN_TIMEOUT = env_float("LLM_FIRST_TOKEN_TIMEOUT", 20.0, minimum=0.1)
@@ -524,7 +560,8 @@ def describe_configuration() -> dict[str, object]:
         "db_pool": f"{DB_POOL_MIN}..{DB_POOL_MAX}, timeout {DB_POOL_TIMEOUT}s",
         "redis": mask_url(REDIS_URL) if REDIS_URL else "none (in-memory channel layer and cache)",
         "llm_provider": LLM_PROVIDER,
-        "llm_model": GROQ_MODEL if LLM_PROVIDER == "groq" else "SmolLM2-135M-Instruct (local)",
+        "llm_providers": ", ".join(LLM_PROVIDERS),
+        "openai_base_url": mask_url(OPENAI_BASE_URL) if OPENAI_BASE_URL else "unset",
         "groq_api_key": "set" if GROQ_API_KEY else "unset",
         "max_concurrent_generations": MAX_CONCURRENT_GENERATIONS,
         "debug": DEBUG,

@@ -98,6 +98,7 @@ class Retrieval:
     hits: list[Hit]
     evidence: Evidence
     relevant: bool  # False: answer "not found" rather than hand the model these passages
+    confident: bool = True  # False: only loosely related; the answer says so and quotes them
 
 
 def retrieve(
@@ -106,27 +107,45 @@ def retrieve(
     """The best chunks for ``query`` that ``user`` may read, and whether they can answer it."""
     hits = search(user, query, vector, k, collections=collections)
     evidence = gather_evidence(user, query, hits, collections)
-    return Retrieval(hits, evidence, is_relevant(evidence))
+    verdict = judge(evidence)
+    return Retrieval(hits, evidence, relevant=verdict != NOT_FOUND, confident=verdict == ANSWER)
 
 
-def is_relevant(evidence: Evidence) -> bool:
-    """Not about something the documents never mention, and close by similarity or by words."""
+ANSWER, UNSURE, NOT_FOUND = "answer", "unsure", "not_found"
+
+
+def judge(evidence: Evidence) -> str:
+    """``not_found`` for what the documents never mention (a rare name no readable chunk holds,
+    much of the question's weight unseen, or nothing close at all); ``answer`` when a passage is
+    close in meaning, or holds most of the question's words and is not far in meaning; ``unsure``
+    in between: the closest passages are shown, with a word that they may not answer."""
     if evidence.unknown:
-        return False
-    if evidence.chunks >= settings.RELEVANCE_UNSEEN_MIN_CHUNKS and evidence.unseen >= settings.RELEVANCE_MAX_UNSEEN:
-        return False
-    return (
-        evidence.best_similarity >= settings.RELEVANCE_MIN_SIMILARITY
-        or evidence.coverage >= settings.RELEVANCE_MIN_COVERAGE
-    )
+        return NOT_FOUND
+    # Among a handful of chunks most words are missing, and that means nothing.
+    unseen = evidence.unseen if evidence.chunks >= settings.RELEVANCE_UNSEEN_MIN_CHUNKS else 0.0
+    if unseen >= settings.RELEVANCE_MAX_UNSEEN:
+        return NOT_FOUND
+    if (
+        evidence.best_similarity < settings.RELEVANCE_UNSURE_SIMILARITY
+        and evidence.coverage < settings.RELEVANCE_UNSURE_COVERAGE
+    ):
+        return NOT_FOUND
+    if evidence.best_similarity >= settings.RELEVANCE_MIN_SIMILARITY or (
+        evidence.coverage >= settings.RELEVANCE_MIN_COVERAGE
+        and evidence.best_similarity >= settings.RELEVANCE_COVERAGE_MIN_SIMILARITY
+        and unseen <= settings.RELEVANCE_COVERAGE_MAX_UNSEEN
+    ):
+        return ANSWER
+    return UNSURE
 
 
 def gather_evidence(user, query: str, hits: list[Hit], collections: Sequence[int] | None) -> Evidence:
     best = max((hit.similarity for hit in hits), default=0.0)
     hit_ids = [hit.chunk_id for hit in hits]
-    terms, total = query_terms(user, query, hit_ids, collections) if hits else ([], 0)
+    found, total = query_terms(user, query, hit_ids, collections) if hits else ([], 0)
+    terms = [term for term in recover_unseen(found, hits) if not _paraphrase(term)]
     if not terms:  # nothing retrieved, or only stop words: similarity alone decides
-        return Evidence(best, 0.0, 0.0)
+        return Evidence(best, 0.0, 0.0, chunks=total)
     weights = {term.stem: math.log((total + 1) / (term.df + 0.5)) + 1 for term in terms}
     whole = sum(weights.values())
     held = [sum(weights[t.stem] for t in terms if chunk in t.in_hits) for chunk in hit_ids]
@@ -143,6 +162,76 @@ def gather_evidence(user, query: str, hits: list[Hit], collections: Sequence[int
         terms=len(terms),
         chunks=total,
     )
+
+
+def _paraphrase(term: Term) -> bool:
+    """An everyday English word no readable chunk holds ("protect" where the documents say
+    "never exhausts"), or a slip of one ("chnage"): the question's wording, not a topic the
+    documents lack."""
+    return term.df == 0 and (everyday(term.word.lower()) or misspelt_everyday(term.word.lower()))
+
+
+def everyday(word: str) -> bool:
+    return zipf_frequency(word) >= settings.RELEVANCE_EVERYDAY_ZIPF
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@lru_cache(maxsize=4096)
+def misspelt_everyday(word: str) -> bool:
+    """One edit away from an everyday English word (Norvig's candidates: deletes, swaps,
+    replacements, inserts), for words long enough that this is rarely a name."""
+    if len(word) < MIN_FUZZY_LENGTH or not word.isalpha():
+        return False
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    candidates = {a + b[1:] for a, b in splits if b}
+    candidates |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+    candidates |= {a + c + b[1:] for a, b in splits if b for c in _LETTERS}
+    candidates |= {a + c + b for a, b in splits for c in _LETTERS}
+    candidates.discard(word)
+    return any(everyday(candidate) for candidate in candidates)
+
+
+MIN_FUZZY_LENGTH = 5  # shorter words are too often one edit from another word ("saml", "same")
+
+
+def recover_unseen(terms: list[Term], hits: list[Hit]) -> list[Term]:
+    """Terms no chunk's full-text index holds, found in the retrieved passages all the same: as
+    a word inside a token the parser keeps whole (``healthz`` in ``/healthz``; not ``gzip`` in
+    ``GzipFile``), as another form of a word they hold, or one
+    typing slip away from one of their words ("chnage", "circut"). Such a term counts as a rare
+    word those passages hold."""
+    texts = [hit.text.lower() for hit in hits]
+    words = {word for text in texts for word in _WORDS.findall(text)}
+    recovered = []
+    for term in terms:
+        if term.df:
+            recovered.append(term)
+            continue
+        word = term.word.lower()
+        variants = {word}
+        if len(word) >= MIN_FUZZY_LENGTH:
+            variants |= {w for w in words if one_edit_apart(word, w)}
+            # "chunker" where the passages say "chunk": the same word with another ending
+            variants |= {word[:-cut] for cut in (1, 2, 3) if len(word) - cut >= MIN_FUZZY_LENGTH} & words
+        found = re.compile("|".join(rf"(?<![a-z]){re.escape(v)}(?![a-z])" for v in sorted(variants)))
+        holding = frozenset(hit.chunk_id for hit, text in zip(hits, texts) if found.search(text))
+        recovered.append(Term(term.stem, term.word, 1, holding) if holding else term)
+    return recovered
+
+
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one letter inserted, deleted, replaced, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    if len(a) < len(b):
+        return a[start:] == b[start + 1 :]
+    swapped = start + 1 < len(a) and a[start] == b[start + 1] and a[start + 1] == b[start]
+    return a[start + 1 :] == b[start + 1 :] or (swapped and a[start + 2 :] == b[start + 2 :])
 
 
 def query_terms(user, query: str, hit_ids: list[int], collections: Sequence[int] | None) -> tuple[list[Term], int]:
@@ -172,6 +261,15 @@ def question_words(query: str) -> list[str]:
     """The query's words; a dotted name counts as its parts (``re.fullmatch``: ``re``, ``fullmatch``),
     as documents rarely spell it whole (pydoc documents ``fullmatch`` under the heading ``re``)."""
     return _WORDS.findall(_DOTTED.sub(" ", capped_query(query)))
+
+
+def stem(word: str) -> str:
+    """A crude English stem, enough to match "pools" with "pool" and "limits" with "limited" (the
+    extractive answer and the grounding check compare words with it; Postgres stems for search)."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
 
 
 def rare_in_english(word: str) -> bool:

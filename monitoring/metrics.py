@@ -29,6 +29,12 @@ EMBEDDING = Histogram("docchat_query_embedding_seconds", "Query embedding time",
 TOKENS = Counter("docchat_tokens_streamed_total", "Answer deltas streamed to clients")
 ANSWERS = Counter("docchat_answers_total", "Finished answers by status", ["status"])
 ERRORS = Counter("docchat_errors_total", "Error frames sent, by code", ["code"])
+UNSUPPORTED_SENTENCES = Counter(
+    "docchat_unsupported_sentences_total", "Sentences of generated answers stating what their sources do not"
+)
+GROUNDING_FALLBACKS = Counter(
+    "docchat_grounding_fallbacks_total", "Generated answers replaced by the extractive one (nothing supported)"
+)
 
 # Load on this process: sockets, generation slots, the event loop. With several worker processes
 # (Prometheus multiprocess mode, set up by ``manage.py serve``) a scrape adds up the live workers'
@@ -122,6 +128,21 @@ def record_answer(status: str, timings: dict[str, float], deltas: int) -> None:
 
 def record_error(code: str) -> None:
     ERRORS.labels(code).inc()
+
+
+def record_grounding(unsupported: int, fell_back: bool) -> None:
+    """The grounding check of one generated answer: its unsupported sentences, and whether the
+    answer shown is the extractive one instead."""
+    UNSUPPORTED_SENTENCES.inc(unsupported)
+    if fell_back:
+        GROUNDING_FALLBACKS.inc()
+
+
+def grounding_summary() -> dict[str, int]:
+    return {
+        "unsupported_sentences": int(value(UNSUPPORTED_SENTENCES)),
+        "fallbacks": int(value(GROUNDING_FALLBACKS)),
+    }
 
 
 def latency_summary() -> dict:

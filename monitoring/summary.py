@@ -52,6 +52,7 @@ async def build_summary(lag_since: float | None = None) -> dict:
         "latency": metrics.latency_summary(),
         "tokens_per_second": _tokens_per_second(),
         "errors_by_code": metrics.errors_by_code(),
+        "grounding": metrics.grounding_summary(),
         "llm": {"provider": provider.name, "model": provider.model},
         "redis": _redis_state(),
         "series": list(live.sampler().samples),

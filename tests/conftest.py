@@ -42,8 +42,27 @@ def llm_points_at_fake(fake_groq):
     settings.GROQ_BASE_URL = fake_groq.base_url
     settings.GROQ_MODEL = "fake-model"
     settings.RATE_LIMIT_PER_MINUTE = 10_000  # the rate-limit tests lower it again
-    llm.get_provider.cache_clear()
+    llm.forget_providers()
     yield fake_groq
+
+
+@pytest.fixture
+def use_openai(settings):
+    """``use_openai(base_url, model)`` points the OpenAI-compatible provider at a server and makes it
+    the default answer mode (``default=False``: one a conversation may choose); the providers made
+    before are dropped, and again at the end."""
+    from chat import llm
+
+    def point(base_url: str, model: str = "fake-model", *, default: bool = True) -> None:
+        settings.OPENAI_BASE_URL, settings.OPENAI_MODEL = base_url, model
+        if default:
+            settings.LLM_PROVIDER = "openai"
+        else:
+            settings.LLM_PROVIDERS = [*settings.LLM_PROVIDERS, "openai"]
+        llm.forget_providers()
+
+    yield point
+    llm.forget_providers()
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +125,15 @@ def make_collection(name: str, owner, files: dict[str, str], tmp_path: Path, *, 
 
 
 @pytest.fixture
+def handbook(tmp_path):
+    """The demo collection: docs/ ingested for real, as `make run` does, readable by its owner ``reader``."""
+    reader = make_user("reader")
+    files = {path.name: path.read_text() for path in sorted(settings.DEMO_DOCS_DIR.glob("*.md"))}
+    make_collection("DocChat handbook", reader, files, tmp_path)
+    return reader
+
+
+@pytest.fixture
 def people(db, tmp_path):
     """alice owns a private collection, bob owns a private one, charlie has only the public one."""
     alice, bob, charlie = make_user("alice"), make_user("bob"), make_user("charlie")
@@ -154,6 +182,7 @@ class ChatClient:
         text: str,
         conversation_id: int | None = None,
         client_id: str | None = None,
+        provider: str | None = None,
     ) -> str:
         client_id = client_id or str(uuid.uuid4())
         await self.send(
@@ -162,6 +191,7 @@ class ChatClient:
                 "conversation_id": conversation_id,
                 "text": text,
                 "client_id": client_id,
+                "provider": provider,
             }
         )
         return client_id
@@ -185,6 +215,15 @@ class ChatClient:
     async def answer(self, text: str, **kwargs) -> tuple[dict, list[dict]]:
         await self.ask(text, **kwargs)
         return await self.until("finish")
+
+    async def stop_after_first_delta(self, text: str) -> dict:
+        """Ask, stop the answer once it streams, and return its ``finish`` frame."""
+        await self.ask(text)
+        ack = await self.receive()
+        await self.until("delta")
+        await self.send({"type": "stop", "answer_id": ack["answer_id"]})
+        finish, _ = await self.until("finish")
+        return finish
 
 
 @pytest.fixture
@@ -273,8 +312,6 @@ class LiveServer:
     def start(self) -> LiveServer:
         import subprocess
         import sys
-        import time
-        import urllib.request
 
         ARTIFACTS.mkdir(exist_ok=True)
         log = self.log_path.open("ab")
@@ -282,16 +319,8 @@ class LiveServer:
             [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=log, stderr=log,
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
-                    return self
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited; see {self.log_path}") from None
-                time.sleep(0.2)  # waiting for the server to listen
-        raise RuntimeError(f"the server did not start; see {self.log_path}")
+        wait_until_serving(self.url + "/healthz", self.process, self.log_path)
+        return self
 
     def stop(self) -> None:
         import signal
@@ -307,6 +336,22 @@ class LiveServer:
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, log_path: Path, seconds: float = 60) -> None:
+    """Return once ``url`` answers; raise if ``process`` exits first or ``seconds`` pass."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited; see {log_path}") from None
+            time.sleep(0.2)  # waiting for the server to listen
+    raise RuntimeError(f"the server did not start within {seconds:.0f} s; see {log_path}")
 
 
 @pytest.fixture

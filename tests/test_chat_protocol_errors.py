@@ -72,7 +72,7 @@ async def test_it_refuses_a_question_over_the_length_limit(people, chat_client):
     async with chat_client(people["alice"]) as client:
         await client.ask("z" * (settings.MAX_QUESTION_CHARS + 1))
         error = await client.receive()
-        assert error["code"] in {"text_too_long", "frame_too_large"}
+        assert error["code"] in {"question_too_long", "frame_too_large"}
         finish, _ = await client.answer("Where do zebras migrate?")
         assert finish["status"] == "complete"
 

@@ -81,6 +81,12 @@ class LLMProvider(ABC):
     max_prompt_sources: int | None = None  # passages in the prompt; None: every retrieved one
     passage_chars: int | None = None  # with brief_instructions: each passage cut to its part nearest the question
     brief_instructions: bool = False  # a small model: short passages, instructions repeated after the question
+    generative: bool = True  # False: answers are the passages' own sentences (no model writes them)
+
+    @property
+    def label(self) -> str:
+        """How the page names this answer mode."""
+        return f"{self.name} · {self.model}"
 
     @property
     def first_token_timeout(self) -> float:

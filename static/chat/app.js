@@ -4,11 +4,13 @@
   const $ = (id) => document.getElementById(id);
   const messagesEl = $("messages"), form = $("ask-form"), input = $("question");
   const stopBtn = $("stop"), badge = $("connection"), titleEl = $("chat-title");
+  const choice = $("provider-choice");  // the answer mode; only there when there is a choice
   const state = {
     ws: null, backoff: 500, conversationId: null,
     pending: new Map(),   // client_id -> ask frame not yet acknowledged (resent after reconnect)
     answers: new Map(),   // answer_id -> {el, text}
     active: new Set(),    // answer ids still streaming
+    loading: null,        // the conversation load in flight (a newer one, or "New chat", makes it stale)
   };
   // The hooks other scripts of the page use (static/chat/documents.js): frames of other types,
   // the socket (re)opening, the conversation changing, and fields added to an ask that starts one.
@@ -69,11 +71,23 @@
     if (m.status === "interrupted") parts.push("interrupted: the server restarted while writing this answer");
     if (m.status === "failed") parts.push("failed" + (m.error_code ? " (" + m.error_code + ")" : ""));
     if (m.status === "degraded") parts.push("degraded: passages only, the model was unavailable (" + m.error_code + ")");
+    const mode = answerMode(m);
+    if (mode) parts.push(mode);
     if (t.first_token !== undefined) parts.push("first token " + t.first_token.toFixed(2) + " s");
     if (t.total !== undefined) parts.push("total " + t.total.toFixed(2) + " s");
     a.status.textContent = parts.join(" · ");
     renderSources(a, m.sources || [], m.text || "");
     offerRetry(a, m.status === "interrupted" || m.status === "failed");
+  }
+  // What kind of answer this is, from the provider and the grounding check (chat/grounding.py).
+  function answerMode(m) {
+    const support = m.support || {};
+    const notes = [];
+    if (support.fallback) notes.push("the model's answer stated things its sources do not say: quotes shown instead");
+    else if (m.provider === "extractive") notes.push("quoted from your documents");
+    else if (m.provider === "local") notes.push("written by a small local model: check it against the sources");
+    if (support.unsupported && !support.fallback) notes.push(support.unsupported + (support.unsupported === 1 ? " sentence" : " sentences") + " not found in the sources");
+    return notes.join(" · ");
   }
   function offerRetry(a, wanted) {
     a.el.querySelectorAll(".retry").forEach((b) => b.remove());
@@ -211,8 +225,11 @@
 
   // --- conversations ---------------------------------------------------------------------------
   // collectionIds: what the conversation searches (null: all readable; undefined: not known here).
-  function setConversation(id, title, keepMessages, collectionIds) {
+  // provider: its answer mode ("": the default; undefined: not known here).
+  function setConversation(id, title, keepMessages, collectionIds, provider) {
     state.conversationId = id;
+    if (!id) showProvider("");
+    else if (provider !== undefined) showProvider(provider);
     if (id) history.replaceState(null, "", "#c" + id); else history.replaceState(null, "", location.pathname);
     if (title !== null) titleEl.textContent = title || "New chat";
     $("rename").hidden = $("delete").hidden = !id;
@@ -221,10 +238,14 @@
     hooks.conversation.forEach((fn) => fn(id, collectionIds));
   }
   async function loadConversation(id) {
+    const token = state.loading = {};
     const r = await fetch("/api/conversations/" + id + "/", { credentials: "same-origin" });
+    // The person moved on meanwhile ("New chat", another conversation): this answer is stale.
+    if (state.loading !== token) return;
     if (!r.ok) { setConversation(null, "New chat", false); return; }
     const data = await r.json();
-    setConversation(data.id, data.title, false, data.collection_ids);
+    if (state.loading !== token) return;
+    setConversation(data.id, data.title, false, data.collection_ids, data.provider);
     let question = "";
     for (const m of data.messages) {
       if (m.role === "user") { addQuestion(m.text); question = m.text; continue; }
@@ -281,19 +302,46 @@
     const link = ev.target.closest(".conversation"); if (!link) return;
     ev.preventDefault(); loadConversation(Number(link.dataset.id));
   });
-  $("new-chat").addEventListener("click", () => { setConversation(null, "New chat", false); input.focus(); });
+  $("new-chat").addEventListener("click", () => { state.loading = null; setConversation(null, "New chat", false); input.focus(); });
+
+  // The answer mode shown is the conversation's; one no longer offered shows as the default.
+  function showProvider(name) {
+    if (!choice) return;
+    const offered = Array.from(choice.options).some((o) => o.value === name);
+    choice.value = offered ? name : choice.dataset.default;
+    choice.dataset.current = choice.value;
+  }
+  if (choice) choice.addEventListener("change", async () => {
+    if (!state.conversationId) return;  // a new conversation: sent with its first question
+    const r = await api("PATCH", state.conversationId, { provider: choice.value });
+    if (r.ok) choice.dataset.current = choice.value; else choice.value = choice.dataset.current;
+  });
 
   function ask(text) {
     const frame = { type: "ask", conversation_id: state.conversationId, text: text, client_id: uuid() };
     if (!state.conversationId) Object.assign(frame, window.docchat.newConversationFields());
+    if (!state.conversationId && choice) frame.provider = choice.value;
     state.pending.set(frame.client_id, frame);
     addQuestion(text);
     send(frame);
   }
+  // The question's length: shown from 80 % of the limit; over it, Send says why instead of sending
+  // (the server refuses it too, with question_too_long; nothing is ever cut).
+  const maxChars = Number(input.dataset.maxChars) || Infinity;
+  const counter = $("question-count"), sendBtn = $("send");
+  function showCount() {
+    const n = input.value.length, over = n > maxChars;
+    counter.hidden = n < 0.8 * maxChars;
+    counter.textContent = over ? n + " / " + maxChars + " characters: too long by " + (n - maxChars) : n + " / " + maxChars;
+    counter.classList.toggle("over", over);
+    sendBtn.disabled = over;
+    return !over;
+  }
+  input.addEventListener("input", showCount);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    const text = input.value.trim(); if (!text) return;
-    input.value = "";
+    const text = input.value.trim(); if (!text || !showCount()) return;
+    input.value = ""; showCount();
     ask(text);
   });
   input.addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); form.requestSubmit(); } });

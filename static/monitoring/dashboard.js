@@ -36,6 +36,7 @@
     set("queued", s.streams.queued); set("detached", s.streams.detached); set("capacity", s.streams.capacity); set("tps", s.tokens_per_second);
     set("lag", s.loop_lag_ms.last); set("lag-max", s.loop_lag_ms.max);
     set("jobs-running", s.jobs.running); set("jobs-queued", s.jobs.queued); set("jobs-failed", s.jobs.failed_last_hour);
+    set("unsupported-sentences", s.grounding.unsupported_sentences); set("grounding-fallbacks", s.grounding.fallbacks);
     set("errors", Object.entries(s.errors_by_code).map(([c, n]) => c + ": " + n).join("  ") || "none");
     const lat = document.getElementById("latency"); lat.innerHTML = "";
     for (const [name, l] of Object.entries(s.latency)) {

@@ -5,6 +5,7 @@ so concurrent chats can check they got their own answer. Behaviour is set for th
 (POST /_config) or per request by a directive in the question, e.g. ``[[fake tokens=50 delay=0.02]]``:
 
 - ``tokens``: words in the answer; ``delay``: seconds between tokens; ``first_delay``: before the first
+- ``text`` (server-wide only): the answer to send, e.g. one that states what its sources do not
 - ``mode``: ``ok`` | ``hang`` (never sends a token) | ``error`` (HTTP ``status``) | ``cut`` (drops the
   connection after ``cut_after`` tokens)
 
@@ -33,6 +34,7 @@ DEFAULTS = {
     "status": 500,
     "cut_after": 3,
     "cite": 1,  # 0: the answer cites no source
+    "text": "",  # when set (POST /_config): the answer, word for word, instead of the echo
 }
 
 
@@ -122,7 +124,10 @@ class FakeGroq:
         question: str,
         behaviour: dict,
     ) -> None:
-        words = answer_words(question, int(behaviour["tokens"]), cite=bool(behaviour["cite"]))
+        if behaviour["text"]:
+            words = str(behaviour["text"]).split(" ")
+        else:
+            words = answer_words(question, int(behaviour["tokens"]), cite=bool(behaviour["cite"]))
         created = int(time.time())
         await pause(request, float(behaviour["first_delay"]))
         if behaviour["mode"] == "hang":

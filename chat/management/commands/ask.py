@@ -4,6 +4,7 @@ import asyncio
 import sys
 import uuid
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
@@ -24,17 +25,22 @@ class Command(BaseCommand):
             type=int,
             help="continue this conversation (default: a new one)",
         )
+        parser.add_argument(
+            "--provider",
+            choices=settings.LLM_PROVIDERS,
+            help=f"the answer mode of this conversation from now on (default: its own, else {settings.LLM_PROVIDER})",
+        )
 
-    def handle(self, *args, question, user, conversation, **options):
+    def handle(self, *args, question, user, conversation, provider, **options):
         account = get_user_model().objects.filter(username=user).first()
         if account is None:
             raise CommandError(f"no user named {user!r}")
-        answer = asyncio.run(self._ask(account, question, conversation))
+        answer = asyncio.run(self._ask(account, question, conversation, provider))
         if answer["status"] != "complete":
             raise CommandError(f"the answer {answer['status']}: {answer.get('error', '')}")
 
-    async def _ask(self, account, question: str, conversation: int | None) -> dict:
-        asked = await db_async(do_record_question)(account, conversation, question, str(uuid.uuid4()))
+    async def _ask(self, account, question: str, conversation: int | None, provider: str | None) -> dict:
+        asked = await db_async(do_record_question)(account, conversation, question, str(uuid.uuid4()), None, provider)
         outcome: dict = {}
 
         async def show(frame: OutgoingFrame) -> None:
@@ -65,5 +71,9 @@ class Command(BaseCommand):
                 if x
             )
             self.stdout.write(f"[{source['n']}] {where} (similarity {source['similarity']:.2f})")
+        for sentence in frame["support"].get("sentences", []):
+            if sentence["status"] == "unsupported":
+                missing = ", ".join(sentence["missing"])
+                self.stdout.write(self.style.WARNING(f"not in the sources ({missing}): {sentence['text']}"))
         timings = frame["timings"]
         self.stdout.write(self.style.NOTICE(f"answer #{frame['answer_id']}: {frame['status']} · timings {timings}"))

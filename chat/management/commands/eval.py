@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from chat.evaluation import EvalSetError, Outcome, answer_all, evaluate, load_cases, summarise
-from chat.llm import get_provider
+from chat.llm import get_provider, provider_named
 from documents.models import Collection
 
 
@@ -29,11 +29,16 @@ class Command(BaseCommand):
             help="search only this collection (by name; repeat for several; default: all the user reads)",
         )
         parser.add_argument("--k", type=int, default=settings.RETRIEVAL_TOP_K, help="passages per question")
-        parser.add_argument("--answers", action="store_true", help="also ask the configured model")
+        parser.add_argument("--answers", action="store_true", help="also answer each question as the chat does")
+        parser.add_argument(
+            "--provider",
+            choices=settings.LLM_PROVIDER_NAMES,
+            help=f"with --answers: the answer mode (default: the configured one, {settings.LLM_PROVIDER})",
+        )
         parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
         parser.add_argument("--show", action="store_true", help="list every question's outcome")
 
-    def handle(self, *args, qa_file: Path, user, collection, k, answers, json: bool, show, **options):
+    def handle(self, *args, qa_file: Path, user, collection, k, answers, provider, json: bool, show, **options):
         if k < 1:
             raise CommandError("--k must be at least 1")
         account = self._user(user or settings.DEMO_USERNAME)
@@ -44,7 +49,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         outcomes = evaluate(account, cases, k=k, collections=collections)
         if answers:
-            answer_all(outcomes, get_provider())
+            answer_all(outcomes, provider_named(provider) if provider else get_provider())
         figures = summarise(outcomes, k)
         if show:
             for outcome in outcomes:
@@ -69,11 +74,11 @@ class Command(BaseCommand):
 def describe(outcome: Outcome) -> str:
     """One line per question: what was expected and what the gate and the ranking did."""
     case = outcome.case
-    verdict = "not found" if outcome.not_found else "found"
+    verdict = "not found" if outcome.not_found else "unsure" if outcome.unsure else "found"
     if case.answerable:
         place = f"rank {outcome.rank}" if outcome.rank else "source missing"
-        mark = "ok " if outcome.rank and not outcome.not_found else "MISS"
-        line = f"{mark} {verdict:<9} {place:<14} {case.question}"
+        mark = "ok " if outcome.rank and not outcome.not_found and not outcome.unsure else "MISS"
+        line = f"{mark} {verdict:<9} {place:<14} {case.query!r}"
     else:
         mark = "ok " if outcome.not_found else "MISS"
         line = f"{mark} {verdict:<9} {'(unanswerable)':<14} {case.question}"
