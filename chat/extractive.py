@@ -196,7 +196,11 @@ def choose(scored: list[Scored], units: list[Unit]) -> list[Unit]:
         group = [candidate.unit, *_introduced(candidate.unit, units)]
         if not chosen:  # the best one is read with what the document says around it
             group += _neighbours(candidate.unit, units)
-        group = [unit for unit in group if unit not in chosen]
+        # Overlapping chunks repeat sentences: a unit already said (or inside one said) is left out.
+        said = " ".join(_normal(unit.text) for unit in chosen)
+        group = [unit for unit in group if unit not in chosen and _normal(unit.text) not in said]
+        if not group:
+            continue
         extra = sum(len(unit.text) for unit in group)
         if chosen and size + extra > MAX_CHARS:
             continue

