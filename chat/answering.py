@@ -38,6 +38,7 @@ from .prompting import (
     NOT_FOUND_ANSWER,
     NOTHING_NEW_ANSWER,
     UNSURE_PREFIX,
+    Turn,
     cited_numbers,
     prompt_for,
     retrieval_query,
@@ -63,7 +64,7 @@ class Answer:
     parts: list[str] = field(default_factory=list)
     deltas: int = 0
     sources: list[dict] = field(default_factory=list)
-    support: Support = field(default_factory=dict)  # type: ignore[assignment]
+    support: Support = field(default_factory=Support)
     timings: dict[str, float] = field(default_factory=dict)
     generation: Generation = field(default_factory=Generation)
     status: str = Message.Status.FAILED
@@ -191,10 +192,8 @@ async def _produce(user: AbstractBaseUser, answer: Answer, provider: LLMProvider
 async def settle(retrieval: Retrieval, vector: list[float]) -> str:
     """The gate's verdict, settled in its "unsure" band by the passages' closest sentence: close
     enough, an answer; far from everything, not found (documents/relevance.py has the rest)."""
-    if not retrieval.relevant:
-        return NOT_FOUND
-    if retrieval.confident:
-        return ANSWER
+    if retrieval.verdict != UNSURE:
+        return retrieval.verdict
     closest = await extractive.closest_sentence(retrieval.hits, vector)
     if (
         closest >= settings.RELEVANCE_SENTENCE_SIMILARITY
@@ -210,15 +209,25 @@ async def _say(answer: Answer, text: str, send: Send) -> None:
     await send(protocol.delta_frame(answer.asked.answer_id, text))
 
 
+async def quoted_answer(question: str, history: list[Turn], hits: list[Hit], vector: list[float], prefix: str) -> str:
+    """``prefix`` and the passages' own sentences that answer the question (``chat/extractive.py``),
+    or a word that there is nothing new to quote (the chat and ``manage.py eval`` alike)."""
+    return prefix + (await extractive.compose(question, history, hits, vector) or NOTHING_NEW_ANSWER)
+
+
+def grounding_of(text: str, passages: list[Hit], question: str) -> Support:
+    """The grounding check of ``text`` against ``passages``, numbered from 1 as its citations are."""
+    return check_answer(text, {n: hit.text for n, hit in enumerate(passages, start=1)}, question)
+
+
 async def _answer_extractively(
     answer: Answer, hits: list[Hit], vector: list[float], send: Send, prefix: str = ""
 ) -> None:
-    """The passages' own sentences that answer the question (``chat/extractive.py``)."""
     asked = answer.asked
-    text = await extractive.compose(asked.question, asked.history, hits, vector)
+    text = await quoted_answer(asked.question, asked.history, hits, vector, prefix)
     answer.mark("first_token")
-    await _say(answer, prefix + (text or NOTHING_NEW_ANSWER), send)
-    answer.support = _support(answer.text, hits, asked.question)
+    await _say(answer, text, send)
+    answer.support = grounding_of(answer.text, hits, asked.question)
 
 
 async def _check_grounding(answer: Answer, given: list[Hit], hits: list[Hit], vector: list[float], send: Send) -> None:
@@ -226,7 +235,7 @@ async def _check_grounding(answer: Answer, given: list[Hit], hits: list[Hit], ve
     held up is replaced by the extractive one (the reader saw it stream: the finish frame says why)."""
     if not cited_numbers(answer.text):
         await _show_support(answer, given, send)
-    support = _support(answer.text, given, answer.asked.question)
+    support = grounding_of(answer.text, given, answer.asked.question)
     metrics.record_grounding(support.get("unsupported", 0), fell_back=nothing_supported(support))
     if nothing_supported(support):
         model_text = answer.text
@@ -235,10 +244,6 @@ async def _check_grounding(answer: Answer, given: list[Hit], hits: list[Hit], ve
         answer.support["fallback"] = model_text
         return
     answer.support = support
-
-
-def _support(text: str, passages: list[Hit], question: str) -> Support:
-    return check_answer(text, {n: hit.text for n, hit in enumerate(passages, start=1)}, question)
 
 
 async def _show_support(answer: Answer, given: list[Hit], send: Send) -> None:

@@ -26,9 +26,8 @@ from documents.models import Document
 from documents.relevance import ANSWER, NOT_FOUND, UNSURE, Retrieval, retrieve
 from documents.search import Hit
 
-from . import extractive
-from .answering import settle
-from .grounding import Support, check_answer, normal, nothing_supported
+from .answering import grounding_of, quoted_answer, settle
+from .grounding import Support, normal, nothing_supported
 from .llm.base import Generation, LLMProvider
 from .prompting import (
     FALLBACK_PREFIX,
@@ -79,7 +78,7 @@ class Outcome:
     cited: list[int] = field(default_factory=list)
     prompt_hits: list[Hit] = field(default_factory=list)  # the passages the model was given
     vector: list[float] = field(default_factory=list)  # the query's embedding
-    support: Support = field(default_factory=dict)  # type: ignore[assignment]
+    support: Support = field(default_factory=Support)
 
     verdict: str = ANSWER  # the chat's (chat.answering.settle)
 
@@ -199,7 +198,7 @@ async def _answer(outcome: Outcome, provider: LLMProvider) -> None:
     outcome.prompt_hits = retrieval.hits
     if not provider.generative or outcome.unsure:
         prefix = UNSURE_PREFIX if outcome.unsure else ""
-        outcome.answer = prefix + await extractive.compose(case.question, case.history, retrieval.hits, outcome.vector)
+        outcome.answer = await quoted_answer(case.question, case.history, retrieval.hits, outcome.vector, prefix)
     else:
         count = await provider.prompt_counter()
         messages, outcome.prompt_hits = prompt_for(provider, case.question, case.history, retrieval.hits, count)
@@ -210,11 +209,10 @@ async def _answer(outcome: Outcome, provider: LLMProvider) -> None:
                 outcome.first_token = time.perf_counter() - started
             parts.append(delta)
         outcome.answer = "".join(parts)
-    passages = {n: hit.text for n, hit in enumerate(outcome.prompt_hits, start=1)}
-    outcome.support = check_answer(outcome.answer, passages, case.question)
+    outcome.support = grounding_of(outcome.answer, outcome.prompt_hits, case.question)
     if provider.generative and nothing_supported(outcome.support):
-        outcome.answer = FALLBACK_PREFIX + await extractive.compose(
-            case.question, case.history, retrieval.hits, outcome.vector
+        outcome.answer = await quoted_answer(
+            case.question, case.history, retrieval.hits, outcome.vector, FALLBACK_PREFIX
         )
         outcome.prompt_hits = retrieval.hits
 

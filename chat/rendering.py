@@ -16,13 +16,22 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("
 _CITATION = re.compile(r"\[(\d{1,2})\]")
 _TAGS = {
     "p", "br", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a", "h1", "h2", "h3",
-    "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "hr", "sup", "span",
+    "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "hr", "sup",
 }  # fmt: skip
-_ATTRIBUTES = {"a": {"href", "title", "class", "data-n"}, "sup": {"class", "title"}, "span": {"class"}}
-# Stands where a flagged sentence ends until the HTML is built (a private-use character: no
-# document or answer has it, and markdown-it passes it through as text).
+_ATTRIBUTES = {"a": {"href", "title", "class", "data-n"}, "sup": {"class", "title"}}
+# Stands where a flagged sentence ends until the HTML is built (a private-use character that
+# markdown-it passes through as text; any in the answer itself is dropped, so it cannot forge one).
 _MARK = "\ue000"
 _MARK_HTML = re.compile(_MARK + r"(\d+)" + _MARK)
+
+
+def _with_marks(text: str, ends: list[int]) -> str:
+    """``text`` with mark i after position ``ends[i]`` (ascending), and no mark character of its own."""
+    pieces, start = [], 0
+    for index, end in enumerate(ends):
+        pieces += [text[start:end].replace(_MARK, ""), f"{_MARK}{index}{_MARK}"]
+        start = end
+    return "".join([*pieces, text[start:].replace(_MARK, "")])
 
 
 def render_answer(text: str, source_count: int, support: Support | None = None) -> str:
@@ -31,9 +40,7 @@ def render_answer(text: str, source_count: int, support: Support | None = None) 
     no source says; a link is kept only if ``support`` found it in the sources."""
     support = support or {}
     flagged = unsupported_spans(text, support)
-    for index, (end, _) in sorted(enumerate(flagged), key=lambda item: -item[1][0]):
-        text = f"{text[:end]}{_MARK}{index}{_MARK}{text[end:]}"
-    html = _markdown.render(text.replace(_MARK, "") if not flagged else text)
+    html = _markdown.render(_with_marks(text, [end for end, _ in flagged]))
 
     def cite(match: re.Match) -> str:
         n = int(match.group(1))

@@ -97,8 +97,12 @@ class Evidence:
 class Retrieval:
     hits: list[Hit]
     evidence: Evidence
-    relevant: bool  # False: answer "not found" rather than hand the model these passages
-    confident: bool = True  # False: only loosely related; the answer says so and quotes them
+    verdict: str  # ANSWER, UNSURE (only loosely related: said so, and quoted) or NOT_FOUND
+
+    @property
+    def relevant(self) -> bool:
+        """False: answer "not found" rather than hand the model these passages."""
+        return self.verdict != NOT_FOUND
 
 
 def retrieve(
@@ -107,8 +111,7 @@ def retrieve(
     """The best chunks for ``query`` that ``user`` may read, and whether they can answer it."""
     hits = search(user, query, vector, k, collections=collections)
     evidence = gather_evidence(user, query, hits, collections)
-    verdict = judge(evidence)
-    return Retrieval(hits, evidence, relevant=verdict != NOT_FOUND, confident=verdict == ANSWER)
+    return Retrieval(hits, evidence, judge(evidence))
 
 
 ANSWER, UNSURE, NOT_FOUND = "answer", "unsure", "not_found"

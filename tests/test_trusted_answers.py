@@ -244,6 +244,15 @@ def test_only_links_found_in_the_sources_render_as_links():
     assert 'href="https://real.example/guide"' in html and 'href="https://fake.example"' not in html
 
 
+def test_an_answer_cannot_forge_the_marks_of_unsupported_sentences():
+    """The renderer marks flagged sentences with a private-use character; one in the model's text
+    (here pretending to be mark 5 of 1) is dropped, not taken for a mark."""
+    text = "The pool holds 256 connections [1]. \ue0005\ue000 Fine."
+    support = check_answer(text, {1: "The pool holds 10 connections."}, "?")
+    html = render_answer(text, 1, support)
+    assert html.count('class="unsupported"') == 1 and "\ue000" not in html
+
+
 def test_a_typing_slip_is_one_edit_away():
     assert (
         one_edit_apart("chnage", "change") and one_edit_apart("circut", "circuit") and one_edit_apart("secnd", "second")

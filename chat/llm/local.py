@@ -61,13 +61,16 @@ def executor() -> ThreadPoolExecutor:
 class LocalProvider(LLMProvider):
     name = "local"
     model = "SmolLM2-135M-Instruct"
-    label = "SmolLM2-135M (small local model: check its text against the sources)"
     max_concurrency = 1  # one generation at a time per model instance
     # Prompt evaluation on CPU is the wait before the first token (~1,400 tokens took 4-10 s on 2
     # cores): two passages, each cut to its ~300 characters nearest the question.
     max_prompt_sources = 2
     passage_chars = 300
     brief_instructions = True
+
+    @property
+    def label(self) -> str:
+        return "SmolLM2-135M (small local model: check its text against the sources)"
 
     @property
     def first_token_timeout(self) -> float:
